@@ -1,0 +1,104 @@
+"""Command line: python -m rank1lib {list, run, fetch, bench}."""
+import argparse
+import json
+import sys
+
+from . import data, store
+from .profiles import PROFILES, ConfigError, load_profile, parse_sets
+from .registry import load_all
+
+BENCHES = {}  # name -> fn(cfg) -> (rows, summary); modules register in rank1lib.bench
+
+
+def cmd_list(_args):
+    exps = load_all()
+    print("experiments:")
+    for k, fn in exps.items():
+        print(f"  {k:<18} {fn.help}")
+    print("profiles:")
+    for p in PROFILES:
+        print(f"  {p:<18} {load_profile(p).description}")
+    print("datasets:")
+    for d in data.DATASETS:
+        try:
+            data.load(d)
+            state = "available"
+        except data.DataMissing:
+            state = "missing: " + data.SPECS[d].fetch
+        print(f"  {d:<18} {state}")
+    print("results in store:")
+    root = store.results_root()
+    found = sorted(root.glob("*/*/*.json")) if root.exists() else []
+    for p in found:
+        print(f"  {p.relative_to(root)}")
+    if not found:
+        print("  (none)")
+
+
+def cmd_run(args):
+    exps = load_all()
+    if args.experiment not in exps:
+        raise ConfigError(f"unknown experiment {args.experiment!r}; valid: {', '.join(exps)}")
+    sets = parse_sets(args.set)
+    if args.dataset:
+        sets["dataset"] = args.dataset
+    cfg = load_profile(args.profile, **sets)
+    kw = {"method": args.method} if args.method else {}
+    rec = exps[args.experiment](cfg, cfg.dataset, args.seed, **kw)
+    recs = rec if isinstance(rec, list) else [rec]
+    for r in recs:
+        path = store.result_dir(r["profile"], r["experiment"]) / f"{r['name']}.json"
+        print(f"{r['experiment']}/{r['name']}: {path} ({r['provenance']['device']}, "
+              f"{r['provenance']['wall_s'] or 0:.1f} s)")
+
+
+def cmd_fetch(args):
+    data.check_name(args.dataset)
+    ds = data.load(args.dataset, download=True)
+    print(f"{args.dataset}: {len(ds.train_x)} train / {len(ds.test_x)} test images from {ds.source}")
+
+
+def cmd_bench(args):
+    from . import bench
+    if args.name not in bench.BENCHES:
+        raise ConfigError(f"unknown benchmark {args.name!r}; valid: {', '.join(bench.BENCHES)}")
+    cfg = load_profile(args.profile, **parse_sets(args.set))
+    rows, summary = bench.BENCHES[args.name](cfg)
+    bench.print_table(rows)
+    if args.json:
+        print(json.dumps(summary))
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m rank1lib", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="experiments, profiles, datasets and stored results")
+    r = sub.add_parser("run", help="run an experiment and store its results")
+    r.add_argument("experiment")
+    r.add_argument("--profile", default="quick")
+    r.add_argument("--dataset")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--method")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one profile value")
+    f = sub.add_parser("fetch", help="make a dataset available locally (downloads where allowed)")
+    f.add_argument("dataset")
+    b = sub.add_parser("bench", help="benchmark: prints a table, and a JSON line with --json")
+    b.add_argument("name")
+    b.add_argument("--profile", default="ci")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE")
+    b.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        {"list": cmd_list, "run": cmd_run, "fetch": cmd_fetch, "bench": cmd_bench}[args.cmd](args)
+    except (ConfigError, data.DataMissing, store.NeedsGPU, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,9 +7,6 @@ from . import data, store
 from .profiles import PROFILES, ConfigError, load_profile, parse_sets
 from .registry import load_all
 
-BENCHES = {}  # name -> fn(cfg) -> (rows, summary); modules register in rank1lib.bench
-
-
 def cmd_list(_args):
     exps = load_all()
     print("experiments:")
@@ -60,10 +57,11 @@ def cmd_fetch(args):
 
 def cmd_bench(args):
     from . import bench
-    if args.name not in bench.BENCHES:
+    if args.name not in bench.load_all():
         raise ConfigError(f"unknown benchmark {args.name!r}; valid: {', '.join(bench.BENCHES)}")
     cfg = load_profile(args.profile, **parse_sets(args.set))
-    rows, summary = bench.BENCHES[args.name](cfg)
+    rec = bench.stored_or_run(args.name, cfg) if args.store else None
+    rows, summary = (rec.values["rows"], rec.values["summary"]) if rec else bench.BENCHES[args.name](cfg)
     bench.print_table(rows)
     if args.json:
         print(json.dumps(summary))
@@ -87,6 +85,7 @@ def parser():
     b.add_argument("--profile", default="ci")
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--store", action="store_true", help="keep the result in the store (the book's performance page reads it)")
     return p
 
 

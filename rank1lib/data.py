@@ -76,8 +76,8 @@ def pad_to_32(x):
 
 
 def _as_set(name, tx, ty, vx, vy, source):
-    return ImageSet(name, tx, torch.as_tensor(np.asarray(ty), dtype=torch.long),
-                    vx, torch.as_tensor(np.asarray(vy), dtype=torch.long), source)
+    return ImageSet(name, tx, torch.as_tensor(np.array(ty), dtype=torch.long),
+                    vx, torch.as_tensor(np.array(vy), dtype=torch.long), source)
 
 
 def read_idx(path):

@@ -46,7 +46,13 @@ def parse_sets(pairs):
         if "=" not in p:
             raise ConfigError(f"bad --set {p!r}: expected key=value")
         k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        val = yaml.safe_load(v)
+        if isinstance(val, str):  # YAML 1.1 reads '1e-3' as a string
+            try:
+                val = float(val)
+            except ValueError:
+                pass
+        out[k.strip()] = val
     return out
 
 

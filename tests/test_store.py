@@ -1,0 +1,60 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from rank1lib import store
+
+
+def test_save_load_provenance_and_hash(tmp_store):
+    cfg = {"lr": 2e-4, "steps": 3}
+    store.save("ci", "exp", "a", cfg, {"x": 1.5}, {"arr": np.arange(4)})
+    rec = store.load("ci", "exp", "a", cfg)
+    assert rec.values == {"x": 1.5}
+    np.testing.assert_array_equal(rec.arrays["arr"], np.arange(4))
+    prov = rec["provenance"]
+    assert set(prov) >= {"commit", "versions", "device", "date", "wall_s"}
+    assert prov["versions"]["torch"]
+    assert rec["config"] == cfg and rec["config_hash"] == store.config_hash(cfg)
+    # a different config does not match
+    assert store.load("ci", "exp", "a", {"lr": 1e-3, "steps": 3}) is None
+    assert store.config_hash({"b": 1, "a": 2}) == store.config_hash({"a": 2, "b": 1})
+
+
+def test_load_or_compute_computes_once(tmp_store):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"v": len(calls)}, None, "cpu"
+
+    r1 = store.load_or_compute("ci", "e", "n", {"k": 1}, compute)
+    r2 = store.load_or_compute("ci", "e", "n", {"k": 1}, compute)
+    assert r1.values == r2.values == {"v": 1} and len(calls) == 1
+    r3 = store.load_or_compute("ci", "e", "n", {"k": 2}, compute)  # config changed: recompute
+    assert r3.values == {"v": 2}
+
+
+def test_heavy_profile_without_cuda_names_command(tmp_store):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    with pytest.raises(store.NeedsGPU, match="python -m rank1lib run e --profile gpu"):
+        store.load_or_compute("gpu", "e", "n", {}, lambda: ({}, None), heavy=True)
+
+
+def test_atomic_write_never_leaves_partial_file(tmp_store):
+    """A writer that dies half-way leaves the previous result intact and no visible partial file."""
+    store.save("ci", "e", "n", {}, {"v": 1})
+    path = store.result_dir("ci", "e") / "n.json"
+
+    def dying_writer(p):
+        with open(p, "w") as f:
+            f.write('{"half":')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store._atomic_write(path, dying_writer)
+    assert json.loads(path.read_text())["values"] == {"v": 1}
+    assert [f for f in os.listdir(path.parent) if f.startswith(".")] == []

@@ -7,19 +7,24 @@ PY := $(VENV)/bin/python
 PROFILE ?= quick
 CHAPTERS := $(sort $(wildcard book/[0-9]*.ipynb))
 EXEC_DIR := _build/executed/$(PROFILE)
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+QUIET_PIP := { grep -v "is ignored: it is neither" || true; }
 
 .PHONY: install data test unit nbcheck book clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[book,test]'
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q -e '.[book,test]' 2>&1 | $(QUIET_PIP)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
 data: install
-	$(PY) -m rank1lib fetch fmnist || true
+	@if [ ! -e $(FMNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "apt-get could not install dataset-fashion-mnist"; fi
+	$(PY) -m rank1lib fetch fmnist || echo "fmnist unavailable: chapters that need it will say so"
 	$(PY) -m rank1lib fetch mnist-5k
 
 unit: install
@@ -34,8 +39,10 @@ test: unit nbcheck
 book: install data
 	$(PY) -m rank1lib.book execute --profile $(PROFILE) --out $(EXEC_DIR) $(CHAPTERS)
 	$(PY) -m rank1lib.book stage --profile $(PROFILE) --executed $(EXEC_DIR)
-	$(VENV)/bin/jupyter-book build _build/site --path-output _build >/dev/null
-	@echo "Book: $$(pwd)/_build/_build/html/index.html"
+	rm -rf _build/html
+	$(VENV)/bin/jupyter-book build _build/site --path-output _build/site -q
+	cp -r _build/site/_build/html _build/html
+	@echo "Book built: $$(pwd)/_build/html/index.html"
 
 clean:
 	rm -rf _build

@@ -48,7 +48,9 @@ def provenance_line(rec) -> str:
 
 def execute(notebooks, profile, out):
     """Execute chapters with papermill at `profile`, writing executed copies to `out`."""
+    import os
     import papermill as pm
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for terminals, not rendered pages
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for nb in notebooks:

@@ -40,7 +40,8 @@ book: install data
 	$(PY) -m rank1lib.book execute --profile $(PROFILE) --out $(EXEC_DIR) $(CHAPTERS)
 	$(PY) -m rank1lib.book stage --profile $(PROFILE) --executed $(EXEC_DIR)
 	rm -rf _build/html
-	$(VENV)/bin/jupyter-book build _build/site --path-output _build/site -q
+	$(VENV)/bin/jupyter-book build _build/site --path-output _build/site -q > _build/jupyter-book.log 2>&1 || { tail -30 _build/jupyter-book.log; exit 1; }
+	grep -i "warning" _build/jupyter-book.log || true
 	cp -r _build/site/_build/html _build/html
 	@echo "Book built: $$(pwd)/_build/html/index.html"
 

@@ -1,0 +1,178 @@
+"""Per-sample gradients, mean gradient mu, c*, diagonal Fisher (paper sec. 3.1-3.3).
+
+g_i = grad_theta l(theta; x_t, t) with l = diffusion.per_sample_loss (per-pixel MEAN of
+(eps - eps_theta)^2; the paper's 1/2 ||eps - eps_theta||^2 times 2/D). All statistics below are
+taken with the model in eval mode (dropout off) and diffusers' plain attention processor, because
+the SDPA backward has no vmap batching rule.
+"""
+import contextlib
+
+import torch
+from torch.func import functional_call, grad, vmap
+from tqdm.auto import tqdm
+
+from . import diffusion
+
+T = diffusion.T
+
+
+def flat_params(model) -> torch.Tensor:
+    """theta as one detached 1-D float32 copy, in model.parameters() order."""
+    return torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]).clone()
+
+
+def param_names(model):
+    """Trainable parameter names in model.parameters() order."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _attention_modules(model):
+    return [m for m in model.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
+
+
+@contextlib.contextmanager
+def grad_mode(model):
+    """Eval mode + diffusers' plain AttnProcessor (vmap-able backward); restored on exit."""
+    from diffusers.models.attention_processor import AttnProcessor
+    was_training = model.training
+    saved = [(m, m.processor) for m in _attention_modules(model)]
+    model.eval()
+    for m, _ in saved:
+        m.set_processor(AttnProcessor())
+    try:
+        yield model
+    finally:
+        for m, proc in saved:
+            m.set_processor(proc)
+        model.train(was_training)
+
+
+def _as_model_range(x0):
+    return diffusion.to_model_range(x0) if x0.dtype == torch.uint8 else x0.float()
+
+
+def _loss_fn(model, names, ab):
+    """l(theta_names; x0, y, t, eps) for ONE sample, with the other parameters held fixed."""
+    others = {n: p.detach() for n, p in model.named_parameters() if n not in set(names)}
+    buffers = {n: b for n, b in model.named_buffers()}
+
+    def loss(sub, x0, y, t, eps):
+        x_t = diffusion.q_sample(x0[None], t[None], eps[None], ab)
+        out = functional_call(model, ({**others, **sub}, buffers), (x_t, t[None]),
+                              {"class_labels": y[None]}).sample
+        return diffusion.per_sample_loss(out, eps[None])[0]
+    return loss
+
+
+def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False):
+    """Yield (start, {name: (n, *shape)}) per chunk of samples: g_i via vmap(grad) (sec. 3.1)."""
+    device = next(model.parameters()).device
+    names = list(names) if names is not None else param_names(model)
+    x0 = _as_model_range(x0).to(device)
+    y, t, eps = y.to(device).long(), t.to(device).long(), eps.to(device).float()
+    ab = diffusion.alpha_bar(device)
+    with grad_mode(model):
+        sub = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
+        g_fn = vmap(grad(_loss_fn(model, names, ab)), in_dims=(None, 0, 0, 0, 0), randomness="different")
+        starts = range(0, len(x0), chunk)
+        for s in tqdm(starts, desc="per-sample grads", disable=not progress, leave=False):
+            e = s + chunk
+            yield s, g_fn(sub, x0[s:e], y[s:e], t[s:e], eps[s:e])
+
+
+def per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False):
+    """All per-sample gradients as {name: (N, *shape)} (only for small N * P)."""
+    parts = [g for _, g in iter_per_sample_grads(model, x0, y, t, eps, chunk, names, progress)]
+    return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
+
+
+def flatten_grads(g, names):
+    """{name: (n, *shape)} -> (n, P_names) in the given name order."""
+    return torch.cat([g[n].reshape(g[n].shape[0], -1) for n in names], dim=1)
+
+
+def joint_samples(x0_uint8, y, n_samples, seed, t=None):
+    """The joint sampling of sec. 3.3: x0 ~ task data, t ~ U{0..999} (or fixed t), eps ~ N(0, I)."""
+    if len(x0_uint8) == 0:
+        raise ValueError("joint_samples: empty task data")
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, len(x0_uint8), (n_samples,), generator=gen)
+    if t is None:
+        tt = torch.randint(0, T, (n_samples,), generator=gen)
+    else:
+        tt = torch.full((n_samples,), int(t), dtype=torch.long)
+    eps = torch.randn((n_samples, *x0_uint8.shape[1:]), generator=gen)
+    return x0_uint8[idx], torch.as_tensor(y)[idx].long(), tt, eps
+
+
+def _batch_losses(model, params, buffers, x0, y, t, eps, ab):
+    """Per-sample losses l_i (n,) of a batch under functional parameters."""
+    x_t = diffusion.q_sample(x0, t, eps, ab)
+    out = functional_call(model, (params, buffers), (x_t, t), {"class_labels": y}).sample
+    return diffusion.per_sample_loss(out, eps)
+
+
+def mu_c_star(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
+    """mu = E[g] and c* = E[(mu^T g)^2] / ||mu||^4 over the joint sampling of sec. 3.3.
+
+    Batched, no per-sample gradient: pass 1 backpropagates the summed loss of each chunk
+    (sum_i g_i); pass 2 gets every mu^T g_i at once as a forward-mode JVP of the per-sample
+    losses in direction mu. Returns (mu flat float32 (P,) on CPU, c_star float).
+    """
+    x0, yy, t, eps = joint_samples(x0_uint8, y, n_samples, seed)
+    device = next(model.parameters()).device
+    x0, yy, t, eps = _as_model_range(x0).to(device), yy.to(device), t.to(device), eps.to(device)
+    ab = diffusion.alpha_bar(device)
+    names = param_names(model)
+    starts = range(0, n_samples, chunk)
+    with grad_mode(model):
+        params = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
+        fixed = {n: p.detach() for n, p in model.named_parameters() if n not in set(names)}
+        buffers = dict(model.named_buffers())
+        f = lambda p, s: _batch_losses(model, {**fixed, **p}, buffers, x0[s:s + chunk], yy[s:s + chunk],
+                                       t[s:s + chunk], eps[s:s + chunk], ab)
+        mu = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+        for s in tqdm(starts, desc="mu", disable=not progress, leave=False):
+            gs = grad(lambda p: f(p, s).sum())(params)
+            for n in names:
+                mu[n] += gs[n].double()
+        mu = {n: (v / n_samples) for n, v in mu.items()}
+        mu32 = {n: v.to(params[n].dtype) for n, v in mu.items()}
+        dots = [torch.func.jvp(lambda p: f(p, s), (params,), (mu32,))[1].double()
+                for s in tqdm(starts, desc="mu^T g", disable=not progress, leave=False)]
+    mu_flat = torch.cat([mu[n].reshape(-1) for n in names])
+    c_star = float(torch.cat(dots).pow(2).mean() / mu_flat.dot(mu_flat).pow(2))
+    return mu_flat.float().cpu(), c_star
+
+
+def mu_c_star_loop(model, x0_uint8, y, n_samples, seed):
+    """Reference: mu and c* from one backward per sample (plain loop; tests and benchmark only)."""
+    x0, yy, t, eps = joint_samples(x0_uint8, y, n_samples, seed)
+    device = next(model.parameters()).device
+    ab = diffusion.alpha_bar(device)
+    rows = []
+    with grad_mode(model):
+        for i in range(n_samples):
+            model.zero_grad(set_to_none=True)
+            x_t = diffusion.q_sample(_as_model_range(x0[i:i + 1]).to(device), t[i:i + 1].to(device),
+                                     eps[i:i + 1].to(device), ab)
+            out = diffusion.eps_theta(model, x_t, t[i:i + 1].to(device), yy[i:i + 1].to(device))
+            diffusion.per_sample_loss(out, eps[i:i + 1].to(device))[0].backward()
+            rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
+                        .double().cpu())
+        model.zero_grad(set_to_none=True)
+    G = torch.stack(rows)
+    mu = G.mean(0)
+    c_star = float((G @ mu).pow(2).mean() / mu.dot(mu).pow(2))
+    return mu.float(), c_star
+
+
+def diag_fisher(model, x0_uint8, y, n_samples, seed, chunk=32, progress=False):
+    """Diagonal empirical Fisher E[g^2] over the joint sampling (sec. 2.2, 'Diag' baseline)."""
+    x0, yy, t, eps = joint_samples(x0_uint8, y, n_samples, seed)
+    names = param_names(model)
+    d = None
+    for _, g in iter_per_sample_grads(model, x0, yy, t, eps, chunk, names, progress):
+        sq = flatten_grads(g, names).double().pow(2).sum(0)
+        d = sq if d is None else d + sq
+    return (d / n_samples).float().cpu()

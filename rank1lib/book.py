@@ -71,8 +71,13 @@ def stage(profile, executed):
     for f in (REPO / "book").iterdir():
         if f.suffix in (".md", ".png", ".bib"):
             shutil.copy(f, site / "book" / f.name)
-    for nb in Path(executed).glob("*.ipynb"):
-        shutil.copy(nb, site / "book" / nb.name)
+    import nbformat
+    for path in Path(executed).glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:  # the banner names the profile; hide papermill's injected cell
+            if "injected-parameters" in cell.metadata.get("tags", []):
+                cell.metadata["tags"] = cell.metadata["tags"] + ["remove-cell"]
+        nbformat.write(nb, site / "book" / path.name)
     print(f"staged book for profile {profile} in {site}")
 
 

@@ -27,7 +27,7 @@ def data_overview(cfg, dataset=None, seed=0, per_task=16):
         for k in range(len(rows)):
             x, _ = data.task_data(ds, k, "test")
             pick = torch.linspace(0, len(x) - 1, min(per_task, len(x))).long()
-            grids[f"task{k + 1}"] = image_grid(x[pick], nrow=8)
+            grids[f"task{k + 1}"] = image_grid(x[pick], nrow=per_task)
         return {"splits": rows, "source": ds.source, "channels": ds.channels}, grids, "cpu"
 
     return store.load_or_compute(cfg.name, "data", name, conf, compute)

@@ -77,8 +77,12 @@ def _atomic_write(path: Path, write):
 
 
 def save(profile, experiment, name, config, values=None, arrays=None, device=None, wall_s=None):
-    """Write arrays (npz) first, then the JSON record that makes the result visible; both atomic."""
+    """Write arrays (npz; uint8 images also as PNG) first, then the JSON record that makes the
+    result visible; all atomic."""
     d = result_dir(profile, experiment)
+    for key, a in (arrays or {}).items():
+        if isinstance(a, np.ndarray) and a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
+            save_png(profile, experiment, f"{name}.{key}", a)
     if arrays:
         def write_npz(p):
             with open(p, "wb") as f:
@@ -133,7 +137,7 @@ def save_png(profile, experiment, name, fig_or_array):
         _atomic_write(path, lambda p: fig_or_array.savefig(p, format="png", dpi=120, bbox_inches="tight"))
     else:
         import matplotlib.image
-        _atomic_write(path, lambda p: matplotlib.image.imsave(p, fig_or_array, format="png",
+        _atomic_write(path, lambda p: matplotlib.image.imsave(p, fig_or_array, format="png", vmin=0, vmax=255,
                                                               cmap="gray" if fig_or_array.ndim == 2 else None))
     return path
 

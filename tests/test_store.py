@@ -58,3 +58,13 @@ def test_atomic_write_never_leaves_partial_file(tmp_store):
         store._atomic_write(path, dying_writer)
     assert json.loads(path.read_text())["values"] == {"v": 1}
     assert [f for f in os.listdir(path.parent) if f.startswith(".")] == []
+
+
+def test_image_arrays_also_written_as_png(tmp_store):
+    import matplotlib.image
+    grid = (np.arange(12 * 10) % 256).astype(np.uint8).reshape(12, 10)
+    store.save("ci", "e", "g", {}, {}, {"grid": grid, "curve": np.linspace(0, 1, 5)})
+    png = store.result_dir("ci", "e") / "g.grid.png"
+    assert png.exists() and not (store.result_dir("ci", "e") / "g.curve.png").exists()
+    back = matplotlib.image.imread(png)[..., 0]
+    np.testing.assert_allclose(back * 255, grid, atol=0.5)

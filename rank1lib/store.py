@@ -137,8 +137,8 @@ def save_png(profile, experiment, name, fig_or_array):
         _atomic_write(path, lambda p: fig_or_array.savefig(p, format="png", dpi=120, bbox_inches="tight"))
     else:
         import matplotlib.image
-        _atomic_write(path, lambda p: matplotlib.image.imsave(p, fig_or_array, format="png", vmin=0, vmax=255,
-                                                              cmap="gray" if fig_or_array.ndim == 2 else None))
+        rgb = np.repeat(fig_or_array[..., None], 3, axis=2) if fig_or_array.ndim == 2 else fig_or_array
+        _atomic_write(path, lambda p: matplotlib.image.imsave(p, rgb, format="png"))  # exact, no colormap
     return path
 
 

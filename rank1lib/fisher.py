@@ -176,3 +176,113 @@ def diag_fisher(model, x0_uint8, y, n_samples, seed, chunk=32, progress=False):
         sq = flatten_grads(g, names).double().pow(2).sum(0)
         d = sq if d is None else d + sq
     return (d / n_samples).float().cpu()
+
+
+# ---- exact spectrum through the N x N Gram matrix (sec. 3.2, Fig. 3) ----------------------------
+#
+# With G the (N, P) matrix of per-sample gradients, F = G^T G / N and K = G G^T / N share their
+# nonzero eigenvalues, and (all derived from K, d = diag F, mu = G^T 1 / N and G mu):
+#   ||F||_F^2            = tr(F^2) = ||K||_F^2
+#   ||F - diag(d)||_F^2  = ||F||_F^2 - ||d||^2
+#   mu^T F mu            = ||G mu||^2 / N,          c* = mu^T F mu / ||mu||^4  (sec. 3.3)
+#   ||F - c* mu mu^T||^2 = ||F||_F^2 - 2 c* mu^T F mu + c*^2 ||mu||^4 = ||F||_F^2 - (mu^T F mu)^2 / ||mu||^4
+#   |cos(g_i, mu)|       = |(G mu)_i| / (sqrt(N K_ii) ||mu||)
+
+
+def param_groups(model, n_samples, block_bytes=1 << 30):
+    """Split parameter names into consecutive groups whose (N, P_group) float32 block fits block_bytes."""
+    groups, cur, size = [], [], 0
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if cur and (size + p.numel()) * n_samples * 4 > block_bytes:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(n)
+        size += p.numel()
+    return groups + [cur] if cur else groups
+
+
+def gram_accumulate(model, x0, y, t, eps, chunk=32, block_bytes=1 << 30, progress=False):
+    """K = G G^T / N (float64), ||d||^2, G mu, mu, group by group so that G is never held whole."""
+    n = len(x0)
+    K = torch.zeros((n, n), dtype=torch.float64)
+    Gmu = torch.zeros(n, dtype=torch.float64)
+    d2, mus = 0.0, []
+    for names in param_groups(model, n, block_bytes):
+        G = torch.cat([flatten_grads(g, names).cpu() for _, g in
+                       iter_per_sample_grads(model, x0, y, t, eps, chunk, names, progress)])
+        Gd = G.double()
+        K += Gd @ Gd.T / n
+        mu_g = Gd.mean(0)
+        Gmu += Gd @ mu_g
+        d2 += float(Gd.pow(2).sum(0).div(n).pow(2).sum())
+        mus.append(mu_g)
+        del G, Gd
+    return {"K": K, "d2": d2, "Gmu": Gmu, "mu": torch.cat(mus)}
+
+
+def spectrum_from_gram(K, d2, Gmu, mu, k=5):
+    """Fisher statistics (Fig. 3 b-d, Fig. 2, app. C) from the Gram quantities; float64 eigh."""
+    K = K.double()
+    n = K.shape[0]
+    lam = torch.linalg.eigvalsh(K).flip(0).clamp_min(0)
+    fro2 = float(K.pow(2).sum())
+    mu2 = float(mu.double().pow(2).sum())
+    muFmu = float(Gmu.double().pow(2).sum()) / n
+    gnorm = (n * K.diagonal()).clamp_min(0).sqrt()
+    return {
+        "lam": lam[:k].numpy(),
+        "r": float(lam[1] / lam[0]) if n > 1 else 0.0,
+        "share": float(lam[0] / lam.sum()),
+        "fro": fro2 ** 0.5,
+        "trace": float(K.trace()),
+        "err_diag": max(fro2 - d2, 0.0) ** 0.5 / fro2 ** 0.5,
+        "err_rank1": max(fro2 - muFmu ** 2 / mu2 ** 2, 0.0) ** 0.5 / fro2 ** 0.5,
+        "err_best_rank1": float(lam[1:].pow(2).sum().sqrt()) / fro2 ** 0.5,
+        "c_star": muFmu / mu2 ** 2,
+        "mu_norm": mu2 ** 0.5,
+        "cos": (Gmu.double().abs() / (gnorm * mu2 ** 0.5).clamp_min(1e-300)).numpy(),
+    }
+
+
+def fisher_at_t(model, x0_uint8, y, n_samples, t, seed, k=5, chunk=32, block_bytes=1 << 30,
+                progress=False):
+    """Empirical Fisher F_t of n_samples (x0 ~ data, fresh noise) at a fixed t: stats and mu_t."""
+    x0, yy, tt, eps = joint_samples(x0_uint8, y, n_samples, seed, t=t)
+    acc = gram_accumulate(model, x0, yy, tt, eps, chunk, block_bytes, progress)
+    return spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"], k), acc["mu"].float()
+
+
+def dense_stats(G, k=5):
+    """Reference: the same statistics from the dense P x P Fisher F = G^T G / N (tests, tiny P)."""
+    G = G.double()
+    n = G.shape[0]
+    F = G.T @ G / n
+    mu = G.mean(0)
+    lam = torch.linalg.eigvalsh(F).flip(0).clamp_min(0)
+    c_star = float(mu @ F @ mu) / float(mu @ mu) ** 2
+    fro = float(torch.linalg.matrix_norm(F))
+    return {
+        "lam": lam[:k].numpy(), "r": float(lam[1] / lam[0]), "share": float(lam[0] / lam.sum()),
+        "fro": fro, "trace": float(F.trace()),
+        "err_diag": float(torch.linalg.matrix_norm(F - torch.diag(F.diagonal()))) / fro,
+        "err_rank1": float(torch.linalg.matrix_norm(F - c_star * torch.outer(mu, mu))) / fro,
+        "c_star": c_star, "mu_norm": float(mu.norm()),
+        "cos": (G @ mu).abs().div(G.norm(dim=1) * mu.norm()).numpy(),
+    }
+
+
+def gram_from_G(G):
+    """Gram quantities of an explicit G (tests): the inputs of spectrum_from_gram."""
+    G = G.double()
+    n = G.shape[0]
+    mu = G.mean(0)
+    return {"K": G @ G.T / n, "d2": float(G.pow(2).mean(0).pow(2).sum()), "Gmu": G @ mu, "mu": mu}
+
+
+def cosine_matrix(vectors):
+    """Pairwise cosines of the rows (e.g. mu_t across t, Fig. 3a), float64."""
+    V = torch.stack([v.double() for v in vectors])
+    V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return (V @ V.T).numpy()

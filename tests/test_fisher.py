@@ -83,3 +83,59 @@ def test_joint_samples_fixed_t_and_seed(data):
     assert (a[2] == 700).all() and all(torch.equal(u, v) for u, v in zip(a, b))
     with pytest.raises(ValueError):
         fisher.joint_samples(x0[:0], y[:0], 3, seed=0)
+
+
+def _check_stats(a, b, tol):
+    for key in ("lam", "r", "share", "fro", "trace", "err_diag", "err_rank1", "c_star", "mu_norm", "cos"):
+        x, y = torch.as_tensor(a[key], dtype=torch.float64), torch.as_tensor(b[key], dtype=torch.float64)
+        assert torch.allclose(x, y, rtol=tol, atol=tol * max(1e-12, float(y.abs().max()))), key
+
+
+def test_gram_identities_random_G():
+    torch.manual_seed(0)
+    G = torch.randn(12, 40, dtype=torch.float64) + 0.7 * torch.randn(40, dtype=torch.float64)
+    acc = fisher.gram_from_G(G)
+    _check_stats(fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"]),
+                 fisher.dense_stats(G), 1e-9)
+
+
+def test_rank1_G_gives_zero_ratio_and_error():
+    torch.manual_seed(1)
+    v = torch.randn(30, dtype=torch.float64)
+    G = torch.outer(torch.randn(8, dtype=torch.float64) + 2.0, v)
+    acc = fisher.gram_from_G(G)
+    s = fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"])
+    assert s["r"] < 1e-10 and s["err_rank1"] < 1e-6 and abs(s["share"] - 1) < 1e-10
+    assert abs(s["cos"] - 1).max() < 1e-10
+
+
+def test_orthogonal_supports_give_zero_diag_error():
+    G = torch.zeros(5, 20, dtype=torch.float64)
+    for i in range(5):
+        G[i, 4 * i:4 * i + 1] = i + 1.0  # one coordinate per sample: F is exactly diagonal
+    acc = fisher.gram_from_G(G)
+    s = fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"])
+    assert s["err_diag"] < 1e-6 and fisher.dense_stats(G)["err_diag"] < 1e-12
+
+
+def test_gram_path_equals_dense_on_tiny_unet(tiny, data):
+    x0, y = data
+    x0s, ys, t, eps = fisher.joint_samples(x0, y, 6, seed=7, t=700)
+    # a small block budget forces several parameter groups (G never whole)
+    groups = fisher.param_groups(tiny, 6, block_bytes=6 * 4 * 20000)
+    assert len(groups) > 2
+    acc = fisher.gram_accumulate(tiny, x0s, ys, t, eps, chunk=3, block_bytes=6 * 4 * 20000)
+    R = loop_grads(tiny, x0s, ys, t, eps)
+    ref = fisher.dense_stats(R[:, :6000])  # dense F on a slice only: P x P must stay small
+    assert torch.allclose(acc["K"], R @ R.T / 6, rtol=1e-4, atol=1e-9 * float(R.pow(2).sum()))
+    got = fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"])
+    full = fisher.spectrum_from_gram(*fisher.gram_from_G(R).values())
+    _check_stats(got, full, 1e-4)
+    sl = fisher.gram_from_G(R[:, :6000])
+    _check_stats(fisher.spectrum_from_gram(sl["K"], sl["d2"], sl["Gmu"], sl["mu"]), ref, 1e-8)
+
+
+def test_cosine_matrix():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
+    C = fisher.cosine_matrix([a, b, -a])
+    assert abs(C[0, 1] - 2 ** -0.5) < 1e-12 and abs(C[0, 2] + 1) < 1e-12 and abs(C[1, 1] - 1) < 1e-12

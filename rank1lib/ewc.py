@@ -1,0 +1,141 @@
+"""EWC penalties summed over past tasks: rank-1 (paper eq. 6), diagonal, rank-k (app. E.4.1).
+
+Every penalty is called as `penalty(model) -> scalar` and already includes lam:
+    rank-1:  lam/2 sum_k c*_k (mu_k^T (theta - theta*_k))^2
+    rank-k:  lam/2 sum_k sum_j s_kj (v_kj^T (theta - theta*_k))^2
+    diag:    lam/2 sum_k sum_i F_k,i (theta_i - theta*_k,i)^2
+The statistics refer to rank1lib's per-sample loss (per-pixel mean, see diffusion.py).
+Per step the low-rank penalties cost one (K x n_i) @ (n_i,) product per parameter tensor, where
+K is the number of stored directions over all past tasks; u^T theta*_k is precomputed once.
+The whole parameter vector is never concatenated during training.
+"""
+import torch
+
+from . import fisher
+
+
+def split_like(flat, params):
+    """A flat (P,) vector -> list of tensors shaped like `params` (views; moved to their device)."""
+    flat = torch.as_tensor(flat)
+    sizes = [p.numel() for p in params]
+    if flat.numel() != sum(sizes):
+        raise ValueError(f"vector of length {flat.numel()} does not match the model's P = {sum(sizes)}")
+    return [v.view_as(p).to(p.device, torch.float32) for v, p in zip(flat.split(sizes), params)]
+
+
+def _params(model):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _fp32(params):
+    """Penalties are computed in float32 even inside a bf16 autocast region."""
+    return torch.autocast(params[0].device.type, enabled=False)
+
+
+class LowRankPenalty:
+    """lam/2 sum_k sum_j w_kj (u_kj^T (theta - theta*_k))^2; rank-1 EWC is u = mu, w = c* (eq. 6)."""
+
+    def __init__(self, lam):
+        self.lam = float(lam)
+        self.rows = None   # per parameter tensor: (K, n_i), all directions of all past tasks
+        self.w = None      # (K,) weights
+        self.u_theta_star = None  # (K,) float64, u_kj^T theta*_k
+        self.n_tasks = 0
+
+    def add_task(self, model, U, w):
+        """Store task k: U (P, r) directions, w (r,) weights, theta*_k = the model's current weights."""
+        params = _params(model)
+        U = torch.as_tensor(U, dtype=torch.float32)
+        U = U[:, None] if U.dim() == 1 else U
+        w = torch.as_tensor(w, dtype=torch.float64).reshape(-1).to(params[0].device)
+        if U.shape[1] != len(w):
+            raise ValueError(f"{U.shape[1]} directions but {len(w)} weights")
+        cols = [split_like(U[:, j].contiguous(), params) for j in range(U.shape[1])]
+        new = [torch.stack([c[i].reshape(-1) for c in cols]) for i in range(len(params))]
+        with torch.no_grad():
+            uts = sum(r.double() @ p.detach().reshape(-1).double() for r, p in zip(new, params))
+        if self.rows is None:
+            self.rows, self.w, self.u_theta_star = new, w, uts
+        else:
+            self.rows = [torch.cat([a, b]) for a, b in zip(self.rows, new)]
+            self.w = torch.cat([self.w, w])
+            self.u_theta_star = torch.cat([self.u_theta_star, uts])
+        self.n_tasks += 1
+
+    def __call__(self, model):
+        params = _params(model)
+        if self.rows is None or self.lam == 0:
+            return params[0].new_zeros(())
+        with _fp32(params):
+            proj = torch.stack([r @ p.reshape(-1) for r, p in zip(self.rows, params)]).double().sum(0)
+            d = proj - self.u_theta_star
+            return (0.5 * self.lam * (self.w * d.pow(2)).sum()).float()
+
+
+def rank1_penalty(lam):
+    """Rank-1 EWC (eq. 6): add tasks with add_task(model, mu, [c_star])."""
+    return LowRankPenalty(lam)
+
+
+class DiagPenalty:
+    """lam/2 sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 (diagonal EWC, Kirkpatrick et al. 2017)."""
+
+    def __init__(self, lam):
+        self.lam = float(lam)
+        self.tasks = []  # (F_k as per-parameter list, theta*_k as per-parameter list)
+        self.n_tasks = 0
+
+    def add_task(self, model, F_diag):
+        params = _params(model)
+        self.tasks.append((split_like(F_diag, params), [p.detach().clone().float() for p in params]))
+        self.n_tasks += 1
+
+    def __call__(self, model):
+        params = _params(model)
+        if not self.tasks or self.lam == 0:
+            return params[0].new_zeros(())
+        with _fp32(params):
+            total = sum((F * (p - ts).pow(2)).sum() for Fk, tk in self.tasks
+                        for F, p, ts in zip(Fk, params, tk))
+            return 0.5 * self.lam * total
+
+
+def make_penalty(kind, lam):
+    """'rank1' | 'rankk' -> LowRankPenalty, 'diag' -> DiagPenalty, None -> None."""
+    if kind in ("rank1", "rankk"):
+        return LowRankPenalty(lam)
+    if kind == "diag":
+        return DiagPenalty(lam)
+    if kind is None:
+        return None
+    raise ValueError(f"unknown penalty {kind!r}; valid: rank1, rankk, diag")
+
+
+def _fisher_times(model, V, x0, y, t, eps, chunk):
+    """F V = mean_i g_i (g_i^T V) for the empirical Fisher over the given samples; V (P, k) float64."""
+    names = fisher.param_names(model)
+    out, n = torch.zeros_like(V), 0
+    for _, g in fisher.iter_per_sample_grads(model, x0, y, t, eps, chunk, names):
+        G = fisher.flatten_grads(g, names).double().to(V.device)
+        out += G.T @ (G @ V)
+        n += G.shape[0]
+    return out / n
+
+
+def rank_k_fisher(model, x0_uint8, y, k, iters, n_samples, seed, chunk=32):
+    """Top-k eigenpairs of the empirical Fisher E[g g^T] by stochastic power iteration (app. E.4.1).
+
+    Each iteration multiplies by F estimated on a fresh joint sample (x0, t, eps) of n_samples and
+    re-orthonormalises (QR); eigenvalues are Rayleigh quotients on one more fresh sample.
+    Returns V (P, k) float32 with orthonormal columns and s (k,) in decreasing order.
+    """
+    P = sum(p.numel() for p in _params(model))
+    gen = torch.Generator().manual_seed(int(seed) * 9_973 + 17)
+    V, _ = torch.linalg.qr(torch.randn(P, k, generator=gen, dtype=torch.float64))
+    for it in range(int(iters)):
+        V, _ = torch.linalg.qr(_fisher_times(model, V, *fisher.joint_samples(
+            x0_uint8, y, n_samples, seed * 1_000 + it + 1), chunk))
+    FV = _fisher_times(model, V, *fisher.joint_samples(x0_uint8, y, n_samples, seed * 1_000), chunk)
+    s = (V * FV).sum(0)
+    order = torch.argsort(s, descending=True)
+    return V[:, order].float(), s[order].float()

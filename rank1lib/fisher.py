@@ -64,25 +64,50 @@ def _loss_fn(model, names, ab):
     return loss
 
 
-def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False):
-    """Yield (start, {name: (n, *shape)}) per chunk of samples: g_i via vmap(grad) (sec. 3.1)."""
+def resolve_method(method, device):
+    """'auto' -> 'vmap' on CUDA, 'loop' on CPU (where vmap's batched conv backward is slower)."""
+    if method not in ("auto", "vmap", "loop"):
+        raise ValueError(f"per-sample gradient method {method!r}; valid: auto, vmap, loop")
+    if method == "auto":
+        return "vmap" if torch.device(device).type == "cuda" else "loop"
+    return method
+
+
+def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False, method="vmap"):
+    """Yield (start, {name: (n, *shape)}) per chunk of samples: g_i = grad l(theta; x_t, t).
+
+    method 'vmap': torch.func vmap(grad) over the chunk; 'loop': one autograd.grad per sample
+    (same numbers; faster on CPU); 'auto' picks per device.
+    """
     device = next(model.parameters()).device
+    method = resolve_method(method, device)
     names = list(names) if names is not None else param_names(model)
     x0 = _as_model_range(x0).to(device)
     y, t, eps = y.to(device).long(), t.to(device).long(), eps.to(device).float()
     ab = diffusion.alpha_bar(device)
     with grad_mode(model):
-        sub = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
-        g_fn = vmap(grad(_loss_fn(model, names, ab)), in_dims=(None, 0, 0, 0, 0), randomness="different")
+        named = dict(model.named_parameters())
+        sub = {n: named[n].detach() for n in names}
+        loss = _loss_fn(model, names, ab)
+        g_fn = vmap(grad(loss), in_dims=(None, 0, 0, 0, 0), randomness="different")
         starts = range(0, len(x0), chunk)
         for s in tqdm(starts, desc="per-sample grads", disable=not progress, leave=False):
             e = s + chunk
-            yield s, g_fn(sub, x0[s:e], y[s:e], t[s:e], eps[s:e])
+            if method == "vmap":
+                yield s, g_fn(sub, x0[s:e], y[s:e], t[s:e], eps[s:e])
+                continue
+            rows = []
+            for i in range(s, min(e, len(x0))):
+                x_t = diffusion.q_sample(x0[i:i + 1], t[i:i + 1], eps[i:i + 1], ab)
+                li = diffusion.per_sample_loss(diffusion.eps_theta(model, x_t, t[i:i + 1], y[i:i + 1]),
+                                               eps[i:i + 1])[0]
+                rows.append(torch.autograd.grad(li, [named[n] for n in names]))
+            yield s, {n: torch.stack([r[j] for r in rows]) for j, n in enumerate(names)}
 
 
-def per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False):
+def per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False, method="vmap"):
     """All per-sample gradients as {name: (N, *shape)} (only for small N * P)."""
-    parts = [g for _, g in iter_per_sample_grads(model, x0, y, t, eps, chunk, names, progress)]
+    parts = [g for _, g in iter_per_sample_grads(model, x0, y, t, eps, chunk, names, progress, method)]
     return {n: torch.cat([p[n] for p in parts]) for n in parts[0]}
 
 
@@ -167,12 +192,12 @@ def mu_c_star_loop(model, x0_uint8, y, n_samples, seed):
     return mu.float(), c_star
 
 
-def diag_fisher(model, x0_uint8, y, n_samples, seed, chunk=32, progress=False):
+def diag_fisher(model, x0_uint8, y, n_samples, seed, chunk=32, progress=False, method="auto"):
     """Diagonal empirical Fisher E[g^2] over the joint sampling (sec. 2.2, 'Diag' baseline)."""
     x0, yy, t, eps = joint_samples(x0_uint8, y, n_samples, seed)
     names = param_names(model)
     d = None
-    for _, g in iter_per_sample_grads(model, x0, yy, t, eps, chunk, names, progress):
+    for _, g in iter_per_sample_grads(model, x0, yy, t, eps, chunk, names, progress, method):
         sq = flatten_grads(g, names).double().pow(2).sum(0)
         d = sq if d is None else d + sq
     return (d / n_samples).float().cpu()
@@ -203,7 +228,7 @@ def param_groups(model, n_samples, block_bytes=1 << 30):
     return groups + [cur] if cur else groups
 
 
-def gram_accumulate(model, x0, y, t, eps, chunk=32, block_bytes=1 << 30, progress=False):
+def gram_accumulate(model, x0, y, t, eps, chunk=32, block_bytes=1 << 30, progress=False, method="auto"):
     """K = G G^T / N (float64), ||d||^2, G mu, mu, group by group so that G is never held whole."""
     n = len(x0)
     K = torch.zeros((n, n), dtype=torch.float64)
@@ -211,7 +236,7 @@ def gram_accumulate(model, x0, y, t, eps, chunk=32, block_bytes=1 << 30, progres
     d2, mus = 0.0, []
     for names in param_groups(model, n, block_bytes):
         G = torch.cat([flatten_grads(g, names).cpu() for _, g in
-                       iter_per_sample_grads(model, x0, y, t, eps, chunk, names, progress)])
+                       iter_per_sample_grads(model, x0, y, t, eps, chunk, names, progress, method)])
         Gd = G.double()
         K += Gd @ Gd.T / n
         mu_g = Gd.mean(0)
@@ -247,10 +272,10 @@ def spectrum_from_gram(K, d2, Gmu, mu, k=5):
 
 
 def fisher_at_t(model, x0_uint8, y, n_samples, t, seed, k=5, chunk=32, block_bytes=1 << 30,
-                progress=False):
+                progress=False, method="auto"):
     """Empirical Fisher F_t of n_samples (x0 ~ data, fresh noise) at a fixed t: stats and mu_t."""
     x0, yy, tt, eps = joint_samples(x0_uint8, y, n_samples, seed, t=t)
-    acc = gram_accumulate(model, x0, yy, tt, eps, chunk, block_bytes, progress)
+    acc = gram_accumulate(model, x0, yy, tt, eps, chunk, block_bytes, progress, method)
     return spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"], k), acc["mu"].float()
 
 

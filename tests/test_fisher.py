@@ -42,11 +42,12 @@ def test_flat_params_order(tiny):
     assert not torch.equal(flat[:ps[0].numel()], ps[0].detach().reshape(-1))
 
 
-def test_per_sample_grads_equal_loop(tiny, data):
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+def test_per_sample_grads_equal_loop(tiny, data, method):
     x0, y = data
     x0s, ys, t, eps = fisher.joint_samples(x0, y, 5, seed=3)
     tiny.train()
-    g = fisher.per_sample_grads(tiny, x0s, ys, t, eps, chunk=2)
+    g = fisher.per_sample_grads(tiny, x0s, ys, t, eps, chunk=2, method=method)
     assert tiny.training  # mode restored
     G = fisher.flatten_grads(g, fisher.param_names(tiny)).double()
     R = loop_grads(tiny, x0s, ys, t, eps)
@@ -124,7 +125,7 @@ def test_gram_path_equals_dense_on_tiny_unet(tiny, data):
     # a small block budget forces several parameter groups (G never whole)
     groups = fisher.param_groups(tiny, 6, block_bytes=6 * 4 * 20000)
     assert len(groups) > 2
-    acc = fisher.gram_accumulate(tiny, x0s, ys, t, eps, chunk=3, block_bytes=6 * 4 * 20000)
+    acc = fisher.gram_accumulate(tiny, x0s, ys, t, eps, chunk=3, block_bytes=6 * 4 * 20000, method="vmap")
     R = loop_grads(tiny, x0s, ys, t, eps)
     ref = fisher.dense_stats(R[:, :6000])  # dense F on a slice only: P x P must stay small
     assert torch.allclose(acc["K"], R @ R.T / 6, rtol=1e-4, atol=1e-9 * float(R.pow(2).sum()))
@@ -139,3 +140,8 @@ def test_cosine_matrix():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
     C = fisher.cosine_matrix([a, b, -a])
     assert abs(C[0, 1] - 2 ** -0.5) < 1e-12 and abs(C[0, 2] + 1) < 1e-12 and abs(C[1, 1] - 1) < 1e-12
+
+
+def test_bad_method_rejected(tiny, data):
+    with pytest.raises(ValueError, match="valid"):
+        fisher.diag_fisher(tiny, *data, 2, seed=0, method="dense")

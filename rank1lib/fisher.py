@@ -228,22 +228,29 @@ def param_groups(model, n_samples, block_bytes=1 << 30):
     return groups + [cur] if cur else groups
 
 
-def gram_accumulate(model, x0, y, t, eps, chunk=32, block_bytes=1 << 30, progress=False, method="auto"):
-    """K = G G^T / N (float64), ||d||^2, G mu, mu, group by group so that G is never held whole."""
+def gram_accumulate(model, x0, y, t, eps, chunk=32, block_bytes=1 << 30, progress=False, method="auto",
+                    col_chunk=1 << 22):
+    """K = G G^T / N, ||d||^2, G mu and mu (float64), group by group so that G is never held whole.
+
+    Each group's (N, P_g) float32 block lives on the model's device; products are taken in float64
+    over column slices of at most col_chunk parameters.
+    """
     n = len(x0)
     K = torch.zeros((n, n), dtype=torch.float64)
     Gmu = torch.zeros(n, dtype=torch.float64)
     d2, mus = 0.0, []
     for names in param_groups(model, n, block_bytes):
-        G = torch.cat([flatten_grads(g, names).cpu() for _, g in
+        G = torch.cat([flatten_grads(g, names) for _, g in
                        iter_per_sample_grads(model, x0, y, t, eps, chunk, names, progress, method)])
-        Gd = G.double()
-        K += Gd @ Gd.T / n
-        mu_g = Gd.mean(0)
-        Gmu += Gd @ mu_g
-        d2 += float(Gd.pow(2).sum(0).div(n).pow(2).sum())
-        mus.append(mu_g)
-        del G, Gd
+        for c in range(0, G.shape[1], col_chunk):
+            Gd = G[:, c:c + col_chunk].double()
+            mu_c = Gd.mean(0)
+            K += (Gd @ Gd.T).cpu() / n
+            Gmu += (Gd @ mu_c).cpu()
+            d2 += float(Gd.pow(2).mean(0).pow(2).sum())
+            mus.append(mu_c.cpu())
+            del Gd
+        del G
     return {"K": K, "d2": d2, "Gmu": Gmu, "mu": torch.cat(mus)}
 
 

@@ -125,7 +125,8 @@ def test_gram_path_equals_dense_on_tiny_unet(tiny, data):
     # a small block budget forces several parameter groups (G never whole)
     groups = fisher.param_groups(tiny, 6, block_bytes=6 * 4 * 20000)
     assert len(groups) > 2
-    acc = fisher.gram_accumulate(tiny, x0s, ys, t, eps, chunk=3, block_bytes=6 * 4 * 20000, method="vmap")
+    acc = fisher.gram_accumulate(tiny, x0s, ys, t, eps, chunk=3, block_bytes=6 * 4 * 20000, method="vmap",
+                                 col_chunk=5000)
     R = loop_grads(tiny, x0s, ys, t, eps)
     ref = fisher.dense_stats(R[:, :6000])  # dense F on a slice only: P x P must stay small
     assert torch.allclose(acc["K"], R @ R.T / 6, rtol=1e-4, atol=1e-9 * float(R.pow(2).sum()))

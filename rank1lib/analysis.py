@@ -1,0 +1,147 @@
+"""Experiments of the Fisher chapters: Fig. 1 (Tweedie), Fig. 2-3 (spectrum), Fig. 6 (model size),
+appendix C (VAE) and the 35.7M-parameter cl UNet's spectrum (beyond the paper).
+
+Every analysis model is a class-conditional UNet trained with train.train on all classes of the
+dataset (appendix D: Adam, lr 2e-4, batch 128, 200 epochs at the paper profile).
+"""
+import math
+
+import numpy as np
+import torch
+
+from . import data, diffusion, fisher, store, vae
+from .models import build_unet, n_params
+from .profiles import Config
+from .registry import experiment
+from .train import ckpt_root, pick_device, steps_for, train
+
+FIG1_T = list(range(100, 1000, 100))
+PAPER = {  # numbers the paper reports (sec. 3.2, app. C, app. D.1), shown beside ours
+    "min_r": 0.022, "min_r_t": 700, "r_at_100_below": 0.4, "err_diag": 1.0,
+    "vae_share": 0.50, "vae_beta1e-3_share": 0.85, "ddpm_late_share": 0.99,
+}
+
+
+def analysis_data(cfg, name):
+    """All classes of the training split (first train_per_class per class when set)."""
+    ds = data.load(name)
+    spec = data.SPECS[name]
+    return data.task_data(ds, 0, "train", per_class=cfg.train_per_class or None,
+                          classes=list(range(spec.num_classes)))
+
+
+def analysis_net(cfg, name, seed, arch, max_steps=None, progress=True):
+    """The analysis UNet `arch` trained on `name` with the analysis budget (resumable checkpoint)."""
+    acfg = Config(cfg, epochs=cfg.analysis_epochs,
+                  max_steps=cfg.analysis_max_steps if max_steps is None else max_steps)
+    x, y = analysis_data(cfg, name)
+    spec = data.SPECS[name]
+    torch.manual_seed(seed)
+    net = build_unet(arch, spec.num_classes, spec.channels)
+    conf = {k: acfg[k] for k in ("epochs", "max_steps", "batch_size", "lr", "train_per_class", "amp")}
+    ckpt = ckpt_root() / cfg.name / "analysis" / f"{name}-{arch}-s{seed}-{store.config_hash(conf)}"
+    out = train(net, x, y, acfg, steps=steps_for(acfg, len(x)), seed=seed, ckpt_dir=ckpt,
+                desc=f"train {arch} on {name}", progress=progress, device=pick_device())
+    losses = out["losses"]
+    info = {"arch": arch, "params": n_params(net), "train_steps": out["steps"], "n_train": len(x),
+            "final_loss": float(np.mean(losses[-20:])) if losses else None}
+    return net.eval(), info, x, y
+
+
+def _conf(cfg, keys, **extra):
+    return {k: cfg[k] for k in keys} | extra
+
+
+TRAIN_KEYS = ("analysis_epochs", "analysis_max_steps", "batch_size", "lr", "train_per_class", "amp")
+
+
+@experiment("tweedie", "Fig. 1: MSE between x_t and sqrt(1 - alpha_bar_t) eps_hat at t = 100..900")
+def tweedie_mse(cfg, dataset=None, seed=0, arch=None, progress=True):
+    """Fig. 1 (Proposition 1): at low SNR eps_theta is a scaled identity map, x_t ~ sqrt(1-ab) eps_hat."""
+    name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
+    n = 4 * cfg.fisher_samples
+    conf = _conf(cfg, TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=FIG1_T)
+
+    def compute():
+        net, info, x, y = analysis_net(cfg, name, seed, arch, progress=progress)
+        device = next(net.parameters()).device
+        ab = diffusion.alpha_bar(device)
+        mse, mse_eps, mse_xt = [], [], []
+        with torch.no_grad():
+            for t in FIG1_T:
+                x0, yy, tt, eps = fisher.joint_samples(x, y, n, seed + t, t=t)
+                x0, yy, tt, eps = diffusion.to_model_range(x0).to(device), yy.to(device), tt.to(device), eps.to(device)
+                x_t = diffusion.q_sample(x0, tt, eps, ab)
+                e_hat = torch.cat([diffusion.eps_theta(net, x_t[s:s + 256], tt[s:s + 256], yy[s:s + 256])
+                                   for s in range(0, n, 256)])
+                mse.append(float((x_t - diffusion.scaled_eps(e_hat, tt, ab)).pow(2).mean()))
+                mse_eps.append(float((eps - e_hat).pow(2).mean()))
+                mse_xt.append(float(x_t.pow(2).mean()))
+        return info | {"t": FIG1_T, "mse": mse, "mse_eps": mse_eps, "mean_xt2": mse_xt, "n": n}, None, str(device)
+
+    return store.load_or_compute(cfg.name, "tweedie", f"{name}-{arch}-s{seed}", conf, compute, heavy=cfg.heavy,
+                                 command=f"python -m rank1lib run tweedie --profile {cfg.name} --dataset {name}")
+
+
+def spectrum_compute(net, x, y, n_samples, timesteps, seed, progress=True, k=5):
+    """Per-t Fisher statistics (Fig. 2, 3, 6) through the Gram matrix, and cosines of mu_t (Fig. 3a)."""
+    rows, mus = [], []
+    for t in timesteps:
+        s, mu = fisher.fisher_at_t(net, x, y, n_samples, t, seed * 1000 + t, k=k, chunk=8, progress=progress)
+        rows.append(s)
+        mus.append(mu)
+    keys = ("r", "share", "fro", "trace", "err_diag", "err_rank1", "err_best_rank1", "c_star", "mu_norm")
+    values = {key: [float(r[key]) for r in rows] for key in keys}
+    values["lam"] = [[float(v) for v in r["lam"]] for r in rows]
+    values["mu_cos"] = fisher.cosine_matrix(mus).tolist()
+    values["t"] = list(timesteps)
+    values["n_samples"] = n_samples
+    i = int(np.argmin(values["r"]))
+    values["min_r"], values["min_r_t"] = values["r"][i], values["t"][i]
+    arrays = {"cos": np.stack([r["cos"] for r in rows]).astype(np.float32)}
+    return values, arrays
+
+
+@experiment("spectrum", "Fig. 2, 3, 6: exact empirical-Fisher spectrum per timestep via the Gram matrix")
+def spectrum(cfg, dataset=None, seed=0, arch=None, progress=True):
+    """Fig. 3 (a-d), Fig. 2 cosines, Fig. 6 for arch in small1/small3/base, and the 35.7M cl UNet."""
+    name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
+    big = arch == "cl"
+    n = cfg.cl_fisher_samples if big else cfg.fisher_samples
+    ts = cfg.cl_fisher_timesteps if big else cfg.fisher_timesteps
+    steps = (cfg.cl_analysis_max_steps if big else cfg.analysis_max_steps)
+    conf = _conf(cfg, TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=ts, steps=steps)
+
+    def compute():
+        net, info, x, y = analysis_net(cfg, name, seed, arch, max_steps=steps, progress=progress)
+        values, arrays = spectrum_compute(net, x, y, n, ts, seed, progress)
+        return info | values, arrays, str(next(net.parameters()).device)
+
+    return store.load_or_compute(cfg.name, "spectrum", f"{name}-{arch}-s{seed}", conf, compute, heavy=cfg.heavy,
+                                 command=f"python -m rank1lib run spectrum --profile {cfg.name} "
+                                         f"--dataset {name} --set analysis_model={arch}")
+
+
+@experiment("vae", "App. C: share of the top Fisher eigenvalue, VAE (beta = 1, 1e-3) vs DDPM")
+def vae_share(cfg, dataset=None, seed=0, progress=True):
+    """App. C: lambda1 / sum(lambda) for an MSE+KL VAE, the same with KL x 1e-3, and the DDPM per t."""
+    name = dataset or cfg.dataset
+    n = cfg.fisher_samples
+    steps = cfg.analysis_max_steps or cfg.analysis_epochs * math.ceil(len(analysis_data(cfg, name)[0]) / 64)
+    conf = _conf(cfg, ("train_per_class",), dataset=name, seed=seed, n=n, steps=steps, batch=64, lr=1e-3)
+
+    def compute():
+        x, _ = analysis_data(cfg, name)
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+        values = {"steps": steps, "n_samples": n}
+        for beta in (1.0, 1e-3):
+            model, losses = vae.train_vae(x, beta, steps, seed=seed, progress=progress)
+            s = vae.fisher_stats(model, x[pick], beta, seed)
+            key = f"beta={beta:g}"
+            values[key] = {"share": s["share"], "lam": [float(v) for v in s["lam"]], "r": s["r"],
+                           "final_loss": float(np.mean(losses[-20:])),
+                           "params": sum(p.numel() for p in model.parameters())}
+        return values, None, "cpu"
+
+    return store.load_or_compute(cfg.name, "vae", f"{name}-s{seed}", conf, compute, heavy=cfg.heavy,
+                                 command=f"python -m rank1lib run vae --profile {cfg.name} --dataset {name}")

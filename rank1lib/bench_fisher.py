@@ -1,0 +1,140 @@
+"""Benchmark `fisher`: Gram-path spectrum vs dense eigh of F, batched mu/c* vs a per-sample loop, and
+the peak memory of the Gram path on the 35.7M-parameter cl UNet.
+
+python -m rank1lib bench fisher --profile P [--json]
+"""
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+from . import fisher
+from .analysis import analysis_data
+from .bench import benchmark
+from .models import build_unet, n_params
+from .store import device_name
+from .train import pick_device
+
+# Dense F is P x P float64 (8 P^2 bytes): the issue's P ~ 1e5 would need 80 GB, so the dense
+# comparison uses the gradient block of the first P_DENSE parameters of the analysis model.
+P_DENSE = {"ci": 1500, "quick": 3000, "gpu": 30000, "paper": 30000}
+
+
+def _timed(fn, repeat=1):
+    """Best wall time of `repeat` calls (CUDA-synchronised) and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _samples(cfg, n, seed, t=None):
+    x, y = analysis_data(cfg, cfg.dataset)
+    return x, y, fisher.joint_samples(x, y, n, seed, t=t)
+
+
+def gram_vs_dense(cfg, net, p_dense, k=5):
+    """Top-k eigenvalues of F from K = G G^T / N against eigvalsh of the dense F = G^T G / N."""
+    n = cfg.fisher_samples
+    _, _, (x0, y, t, eps) = _samples(cfg, n, seed=11, t=500)
+    G = fisher.flatten_grads(fisher.per_sample_grads(net, x0, y, t, eps, method="auto"),
+                             fisher.param_names(net))[:, :p_dense].double()
+    dev = pick_device()
+    G = G.to(dev)
+
+    def gram():
+        return torch.linalg.eigvalsh(G @ G.T / n).flip(0)[:k].cpu()
+
+    def dense():
+        return torch.linalg.eigvalsh(G.T @ G / n).flip(0)[:k].cpu()
+
+    t_gram, lam_g = _timed(gram, repeat=3)
+    t_dense, lam_d = _timed(dense)
+    err = float(((lam_g - lam_d).abs() / lam_d.abs()).max())
+    return {"P": G.shape[1], "N": n, "t_gram": t_gram, "t_dense": t_dense, "err": err}
+
+
+def batched_vs_loop(cfg, net):
+    """mu and c* batched (backward + JVP) against one backward per sample, same samples."""
+    x, y = analysis_data(cfg, cfg.dataset)
+    n = cfg.mu_samples
+    fisher.mu_c_star(net, x, y, 2, seed=0)  # warm-up of both paths
+    fisher.mu_c_star_loop(net, x, y, 2, seed=0)
+    t_b, (mu, c) = _timed(lambda: fisher.mu_c_star(net, x, y, n, seed=5, chunk=64))
+    t_l, (mu_ref, c_ref) = _timed(lambda: fisher.mu_c_star_loop(net, x, y, n, seed=5))
+    mu_err = float((mu - mu_ref).abs().max() / mu_ref.abs().max())
+    return {"N": n, "t_batched": t_b, "t_loop": t_l, "mu_err": mu_err, "c_err": abs(c - c_ref) / abs(c_ref)}
+
+
+def cl_gram_peak(n, block_bytes=4 << 30):
+    """Run in a fresh process: Gram path on the cl UNet at N = n, t = 500; prints a JSON line."""
+    import resource
+    dev = pick_device()
+    torch.manual_seed(0)
+    net = build_unet("cl", 10).to(dev)
+    x0 = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    _, _, tt, eps = fisher.joint_samples(x0, torch.zeros(n), n, 0, t=500)
+    fisher.gram_accumulate(net, x0, torch.arange(n) % 10, tt, eps, chunk=8, block_bytes=block_bytes)
+    out = {"seconds": time.perf_counter() - t0, "params": n_params(net), "N": n,
+           "rss_before_gb": base, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+           "block_gb": block_bytes / 2 ** 30}
+    if dev.type == "cuda":
+        out["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    print(json.dumps(out))
+
+
+def cl_peak(n):
+    code = f"from rank1lib.bench_fisher import cl_gram_peak; cl_gram_peak({n})"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@benchmark("fisher")
+def bench_fisher(cfg):
+    """Rows for the table and the summary JSON (keys named in issue 3)."""
+    torch.manual_seed(0)
+    dev = pick_device()
+    net = build_unet(cfg.analysis_model, 10).to(dev)
+    gd = gram_vs_dense(cfg, net, P_DENSE.get(cfg.name, 3000))
+    bl = batched_vs_loop(cfg, net)
+    mem = cl_peak(cfg.cl_fisher_samples)
+    cuda = "peak_cuda_gb" in mem
+    peak = mem["peak_cuda_gb"] if cuda else mem["peak_rss_gb"]
+    how = "torch.cuda.max_memory_allocated" if cuda else "peak RSS of a fresh process (ru_maxrss)"
+    rows = [
+        {"measure": "eigenvalues: Gram vs dense eigh (top 5, max rel. err.)", "value": gd["err"], "goal": "<= 1e-4",
+         "setting": f"{cfg.analysis_model} gradient block P = {gd['P']}, N = {gd['N']}, float64"},
+        {"measure": "Gram path time (s)", "value": gd["t_gram"], "goal": "", "setting": "K = G G^T/N + eigvalsh(K)"},
+        {"measure": "dense path time (s)", "value": gd["t_dense"], "goal": "", "setting": "F = G^T G/N + eigvalsh(F)"},
+        {"measure": "Gram vs dense speed-up", "value": gd["t_dense"] / gd["t_gram"], "goal": ">= 100x",
+         "setting": f"P = {gd['P']} (the issue's P ~ 1e5 needs 80 GB for dense F)"},
+        {"measure": "mu: batched vs loop (max abs. err. / max |mu|)", "value": bl["mu_err"], "goal": "<= 1e-5",
+         "setting": f"{cfg.analysis_model}, N = {bl['N']} (x0, t, noise) joint samples"},
+        {"measure": "c*: batched vs loop (rel. err.)", "value": bl["c_err"], "goal": "<= 1e-5", "setting": ""},
+        {"measure": "batched mu, c* time (s)", "value": bl["t_batched"], "goal": "",
+         "setting": "backward of summed loss + forward-mode JVP, chunks of 64"},
+        {"measure": "loop mu, c* time (s)", "value": bl["t_loop"], "goal": "", "setting": "one backward per sample"},
+        {"measure": "batched vs loop speed-up", "value": bl["t_loop"] / bl["t_batched"], "goal": ">= 5x on CPU",
+         "setting": ""},
+        {"measure": "Gram path on cl UNet: peak memory (GiB)", "value": peak, "goal": "",
+         "setting": f"P = {mem['params']}, N = {mem['N']}, one t, {how}; "
+                    f"{mem['rss_before_gb']:.2f} GiB before, {mem['seconds']:.0f} s"},
+    ]
+    summary = {"eig_max_rel_err": gd["err"], "gram_vs_dense_speedup": gd["t_dense"] / gd["t_gram"],
+               "dense_P": gd["P"], "gram_N": gd["N"], "mu_max_rel_err": max(bl["mu_err"], bl["c_err"]),
+               "batched_vs_loop_speedup": bl["t_loop"] / bl["t_batched"], "mu_N": bl["N"],
+               "cl_gram_peak_gb": peak, "cl_gram_peak_how": how, "cl_N": mem["N"], "cl_params": mem["params"],
+               "device": device_name(dev)}
+    return rows, summary

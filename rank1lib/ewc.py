@@ -115,7 +115,7 @@ def _fisher_times(model, V, x0, y, t, eps, chunk):
     """F V = mean_i g_i (g_i^T V) for the empirical Fisher over the given samples; V (P, k) float64."""
     names = fisher.param_names(model)
     out, n = torch.zeros_like(V), 0
-    for _, g in fisher.iter_per_sample_grads(model, x0, y, t, eps, chunk, names):
+    for _, g in fisher.iter_per_sample_grads(model, x0, y, t, eps, chunk, names, method="auto"):
         G = fisher.flatten_grads(g, names).double().to(V.device)
         out += G.T @ (G @ V)
         n += G.shape[0]

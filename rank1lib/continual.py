@@ -1,0 +1,274 @@
+"""Class-incremental continual learning loop for every method (paper sec. 4, app. E).
+
+Methods: joint (non-continual upper bound: one model trained from scratch on ALL tasks at once,
+epochs over the union), finetune (lambda = 0, Table 6), diag and rank1 (EWC without distillation),
+gd (generative distillation only), diag-gd, rank1-gd (ours) and rankk-gd (app. E.4.1).
+
+Every task starts a fresh Adam. After task k the loop writes, under
+ckpt_root()/continual/<profile>/<dataset>-s<seed>-<config hash>/<lineage>/task<k>/:
+  ckpt/ (train.train's exact-resume checkpoint), train.json, fid.json, samples.pt,
+  stats-<kind>.pt (mu and c*, diagonal Fisher or rank-k pairs) and pool.pt (replay pool).
+Task 1 is identical for every continual method (no penalty, no replay yet), so it lives in the
+shared lineage `shared`. A rerun loads what exists and computes only what is missing, so an
+interrupted run resumed later ends with the same numbers as an uninterrupted one (on CPU).
+"""
+import json
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import data, ewc, fid, fisher, replay, store
+from .diffusion import ddim_sample
+from .models import build_unet, n_params
+from .train import ckpt_root, pick_device, steps_for, switch, train
+
+METHODS = ("joint", "finetune", "diag", "rank1", "gd", "diag-gd", "rank1-gd", "rankk-gd")
+TABLE1 = ("joint", "diag", "rank1", "gd", "diag-gd", "rank1-gd")
+# method -> (penalty kind, generative distillation)
+RECIPES = {"finetune": (None, False), "diag": ("diag", False), "rank1": ("rank1", False),
+           "gd": (None, True), "diag-gd": ("diag", True), "rank1-gd": ("rank1", True),
+           "rankk-gd": ("rankk", True)}
+TRAIN_KEYS = ("model", "epochs", "max_steps", "train_per_class", "batch_size", "lr", "amp", "compile")
+METHOD_KEYS = ("lam", "replay_per_class", "ddim_steps", "mu_samples", "rank_k", "power_iters")
+EVAL_KEYS = ("ddim_steps", "fid_per_class", "fid_extractor")
+
+
+def check_method(method):
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    return method
+
+
+def run_config(cfg, dataset, method, seed):
+    """The part of the profile a run depends on (hashed into stored results and checkpoint paths)."""
+    keys = TRAIN_KEYS + METHOD_KEYS + EVAL_KEYS
+    return {k: cfg[k] for k in keys} | {"dataset": dataset, "method": method, "seed": seed}
+
+
+def run_root(cfg, dataset, seed):
+    """Checkpoint root of one (profile, dataset, seed); hashed on the training keys only."""
+    conf = {k: cfg[k] for k in TRAIN_KEYS} | {"dataset": dataset, "seed": seed}
+    return ckpt_root() / "continual" / cfg.name / f"{dataset}-s{seed}-{store.config_hash(conf)}"
+
+
+def lineage(cfg, method, k):
+    """Directory name of the weights after task k: 'shared' for task 1, else method + its keys."""
+    if k == 0:
+        return "shared"
+    kind, gd = RECIPES[method]
+    keys = {"lam": cfg.lam} if kind else {}
+    keys |= {"mu_samples": cfg.mu_samples} if kind else {}
+    keys |= {"rank_k": cfg.rank_k, "power_iters": cfg.power_iters} if kind == "rankk" else {}
+    keys |= {"replay_per_class": cfg.replay_per_class, "ddim_steps": cfg.ddim_steps} if gd else {}
+    return f"{method}-{store.config_hash(keys)}"
+
+
+def _save_pt(obj, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _save_json(obj, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)
+
+
+def cached(path, compute, as_json=False):
+    """Load path if present, else compute(), save atomically and return it."""
+    if path.exists():
+        return json.loads(path.read_text()) if as_json else torch.load(path, weights_only=False)
+    obj = compute()
+    (_save_json if as_json else _save_pt)(obj, path)
+    return obj
+
+
+def cl_steps(cfg, n_images):
+    """Optimiser steps per task (the profile's epochs over the task's images, capped by max_steps)."""
+    return steps_for(cfg, n_images)
+
+
+class Evaluator:
+    """FID of a model on tasks 1..k: reference = the task's test images (capped at fid_per_class per
+    class), generated = as many images with the same labels (DDIM, fixed seed per task)."""
+
+    def __init__(self, cfg, ds, device):
+        self.cfg, self.ds, self.device = cfg, ds, device
+        self.tasks = data.task_classes(ds.name)
+        self._metric, self._refs = None, {}
+
+    def reference(self, i):
+        """Test images and labels of task i used for its FID."""
+        per = self.cfg.fid_per_class or None
+        return data.task_data(self.ds, i, "test", per_class=per)
+
+    @property
+    def metric(self):
+        if self._metric is None:
+            self._metric = fid.make_metric(self.cfg.fid_extractor, self.ds.channels, self.device)
+        return self._metric
+
+    def ref_stats(self, i):
+        if i not in self._refs:
+            x, _ = self.reference(i)
+            import hashlib
+            h = hashlib.sha1(x.numpy().tobytes()).hexdigest()[:10]
+            f = ckpt_root() / "fid_cache" / self.cfg.fid_extractor / f"{self.ds.name}-task{i}-n{len(x)}-{h}.pt"
+            self._refs[i] = fid.reference_stats(self.metric, x, f)
+        return self._refs[i]
+
+    def row(self, model, k):
+        """[FID_1(m_k), ..., FID_k(m_k)] (0-based tasks 0..k), generating all images in one pass."""
+        labels = [self.reference(i)[1] for i in range(k + 1)]
+        imgs = [ddim_sample(model, y, steps=self.cfg.ddim_steps, seed=10_000 + i, batch_size=self.cfg.sample_batch,
+                            progress=False, amp=switch(self.cfg.amp, self.device)) for i, y in enumerate(labels)]
+        return [fid.fid(self.metric, self.ref_stats(i), im) for i, im in enumerate(imgs)]
+
+
+def sample_classes(dataset):
+    """Fixed classes shown in Figure 5: the first class of every task."""
+    return [c[0] for c in data.task_classes(dataset)]
+
+
+def samples(model, dataset, cfg, per_class=2):
+    """Fixed-seed samples (n_classes, per_class, C, 32, 32) of the Figure-5 classes."""
+    cls = torch.tensor(sample_classes(dataset)).repeat_interleave(per_class)
+    x = ddim_sample(model, cls, steps=cfg.ddim_steps, seed=20_000, progress=False)
+    return x.reshape(-1, per_class, *x.shape[1:])
+
+
+def task_statistics(kind, model, x, y, cfg, seed):
+    """Statistics of the just-finished task from its real training data (sec. 3.3, app. E.4.1)."""
+    if kind == "rank1":
+        mu, c_star = fisher.mu_c_star(model, x, y, cfg.mu_samples, seed)
+        return {"mu": mu, "c_star": c_star}
+    if kind == "diag":
+        return {"F": fisher.diag_fisher(model, x, y, cfg.mu_samples, seed)}
+    V, s = ewc.rank_k_fisher(model, x, y, cfg.rank_k, cfg.power_iters, cfg.mu_samples, seed)
+    return {"V": V, "s": s}
+
+
+def add_to_penalty(pen, kind, model, st):
+    if kind == "rank1":
+        pen.add_task(model, st["mu"], [st["c_star"]])
+    elif kind == "diag":
+        pen.add_task(model, st["F"])
+    else:
+        pen.add_task(model, st["V"], st["s"])
+
+
+def combine(pen, distill):
+    """extra_loss for train.train: EWC penalty + distillation term (either may be absent)."""
+    if (pen is None or pen.n_tasks == 0) and distill is None:
+        return None
+
+    def extra(model, step):
+        out = 0.0
+        if pen is not None and pen.n_tasks:
+            out = out + pen(model)
+        if distill is not None:
+            out = out + distill(model, step)
+        return out
+    return extra
+
+
+def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, progress):
+    """Train (or resume, or load) task k into d/ckpt; returns train.json's content or None if stopped."""
+    steps = cl_steps(cfg, len(x))
+    info_file = d / "train.json"
+    t0 = time.time()
+    out = train(net, x, y, cfg, steps=steps, seed=seed * 1_000 + k, ckpt_dir=d / "ckpt", extra_loss=extra,
+                desc=desc, stop_after=stop_after, progress=progress, device=device)
+    if out.get("interrupted"):
+        return None
+    if info_file.exists():
+        return json.loads(info_file.read_text())
+    tail = out["losses"][-max(1, steps // 5):]
+    info = {"steps": steps, "seconds": time.time() - t0, "n_train": len(x),
+            "final_loss": float(np.mean(tail)) if tail else None}
+    _save_json(info, info_file)
+    return info
+
+
+def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
+    """One continual-learning run; returns (values, arrays) or None if stopped by stop_at=(task, steps)."""
+    check_method(method)
+    device = pick_device(device)
+    ds = data.load(dataset)
+    spec = data.SPECS[dataset]
+    tasks = data.task_classes(dataset)
+    T, per = len(tasks), cfg.train_per_class or None
+    root = run_root(cfg, dataset, seed)
+    ev = Evaluator(cfg, ds, device)
+    torch.manual_seed(seed)
+    net = build_unet(cfg.model, spec.num_classes, spec.channels).to(device)
+    M = np.full((T, T), np.nan)
+    n_fid = [len(ev.reference(i)[0]) for i in range(T)]
+    info, shots = [], []
+    if method == "joint":
+        x, y = data.task_data(ds, 0, "train", per_class=per, classes=sorted(c for t in tasks for c in t))
+        d = root / "joint"
+        stop = stop_at[1] if stop_at else None
+        inf = train_task(net, x, y, cfg, d, seed, 99, None, f"joint ({T} tasks at once)", stop, device, progress)
+        if inf is None:
+            return None
+        M[-1] = cached(d / "fid.json", lambda: ev.row(net, T - 1), as_json=True)
+        info.append(inf)
+        shots.append(cached(d / "samples.pt", lambda: samples(net, dataset, cfg)))
+        return summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid)
+    kind, gd = RECIPES[method]
+    pen = ewc.make_penalty(kind, cfg.lam) if kind else None
+    distill = None
+    for k in tqdm(range(T), desc=f"{method} on {dataset} (seed {seed})", disable=not progress, leave=False):
+        d = root / lineage(cfg, method, k) / f"task{k + 1}"
+        x, y = data.task_data(ds, k, "train", per_class=per)
+        stop = stop_at[1] if stop_at and stop_at[0] == k else None
+        inf = train_task(net, x, y, cfg, d, seed, k, combine(pen, distill),
+                         f"{method} task {k + 1}/{T}", stop, device, progress)
+        if inf is None:
+            return None
+        info.append(inf)
+        M[k, :k + 1] = cached(d / "fid.json", lambda: ev.row(net, k), as_json=True)
+        shots.append(cached(d / "samples.pt", lambda: samples(net, dataset, cfg)))
+        if k == T - 1:
+            break
+        if kind:
+            st = cached(d / f"stats-{stat_name(cfg, kind)}.pt",
+                        lambda: task_statistics(kind, net, x, y, cfg, seed * 1_000 + k))
+            add_to_penalty(pen, kind, net, st)
+        if gd:
+            classes = [c for t in tasks[:k + 1] for c in t]
+            pool = cached(d / f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}.pt",
+                          lambda: replay.make_pool(net, classes, cfg.replay_per_class, cfg.ddim_steps,
+                                                   seed * 1_000 + k, cfg.sample_batch,
+                                                   switch(cfg.amp, device), progress))
+            distill = replay.Distillation(replay.frozen_copy(net), pool[0], pool[1], cfg.batch_size)
+    return summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid)
+
+
+def stat_name(cfg, kind):
+    """File tag of a statistic: its kind and the keys it depends on."""
+    extra = f"-k{cfg.rank_k}-it{cfg.power_iters}" if kind == "rankk" else ""
+    return f"{kind}-n{cfg.mu_samples}{extra}"
+
+
+def summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid):
+    """Values and arrays stored for one run: FID matrix, A-FID@k, forgetting, timings, samples."""
+    afk = fid.a_fid_at_k(M) if method != "joint" else np.r_[np.full(len(M) - 1, np.nan), np.nanmean(M[-1])]
+    nan = lambda v: None if v is None or not np.isfinite(v) else float(v)  # noqa: E731
+    values = {"dataset": dataset, "method": method, "seed": seed, "fid": [[nan(v) for v in r] for r in M],
+              "a_fid_at_k": [nan(v) for v in afk], "a_fid": nan(afk[-1]),
+              "forgetting": None if method == "joint" else nan(fid.forgetting(M)),
+              "extractor": cfg.fid_extractor, "extractor_label": fid.LABELS[cfg.fid_extractor],
+              "fid_images_per_task": n_fid,
+              "task_steps": [i["steps"] for i in info], "task_seconds": [i["seconds"] for i in info],
+              "train_seconds": float(sum(i["seconds"] for i in info)),
+              "final_losses": [i["final_loss"] for i in info], "params": n_params(net),
+              "sample_classes": sample_classes(dataset)}
+    arrays = {"fid": M, "samples": torch.stack(shots).numpy()}
+    return values, arrays

@@ -1,0 +1,210 @@
+"""Continual-learning experiments (`python -m rank1lib run continual`) and the tables and figures of
+chapters 5 and 6 (paper Table 1, Figure 4, Figure 5, Tables 3, 5, 6, appendix E.5)."""
+import numpy as np
+import pandas as pd
+
+from . import continual, store
+from .continual import TABLE1
+from .registry import experiment
+from .train import pick_device
+
+NAMES = {"joint": "Non-continual", "finetune": "Fine-tune (lambda = 0)", "diag": "Diag w/o GD",
+         "rank1": "Rank-1 w/o GD", "gd": "GD", "diag-gd": "Diag + GD", "rank1-gd": "Rank-1 + GD (ours)",
+         "rankk-gd": "Rank-k + GD (power iteration)"}
+PAPER_DATASET = {"mnist": "MNIST", "mnist-5k": "MNIST", "fmnist": "FMNIST", "cifar10": "CIFAR-10",
+                 "imagenet32": "ImageNet-1k"}
+# Paper Table 1: (A-FID, se, forgetting, se); forgetting not reported for the non-continual model.
+PAPER_T1 = {
+    "MNIST": {"joint": (2.6, 0.1, None, None), "diag": (62.2, 2.9, 51.1, 4.2), "rank1": (65.2, 4.6, 58.3, 4.4),
+              "gd": (10.1, 0.9, 2.3, 0.8), "diag-gd": (14.3, 1.3, 5.2, 1.2), "rank1-gd": (7.6, 0.1, 0.6, 0.1)},
+    "FMNIST": {"joint": (5.7, 0.8, None, None), "diag": (99.9, 3.5, 81.7, 4.7), "rank1": (96.9, 3.2, 82.1, 3.5),
+               "gd": (19.1, 0.9, 3.9, 0.5), "diag-gd": (27.7, 2.2, 9.1, 2.7), "rank1-gd": (15.4, 0.6, 0.9, 0.3)},
+    "CIFAR-10": {"joint": (23.3, 0.7, None, None), "diag": (128.6, 4.6, 74.4, 3.5),
+                 "rank1": (120.0, 10.2, 77.4, 9.4), "gd": (61.2, 3.2, 16.6, 0.6),
+                 "diag-gd": (72.6, 3.2, 17.9, 1.8), "rank1-gd": (50.5, 1.2, 7.4, 1.2)},
+    "ImageNet-1k": {"joint": (11.7, 0.1, None, None), "diag": (86.1, 4.2, 34.2, 3.6),
+                    "rank1": (74.3, 1.9, 41.3, 1.8), "gd": (69.0, 2.2, 46.2, 12.9),
+                    "diag-gd": (73.8, 2.8, 25.8, 9.4), "rank1-gd": (48.5, 1.9, 15.2, 4.8)},
+}
+# Paper Table 5 (GD + rank-k by power iteration): k -> (final FID, se, forgetting, se).
+PAPER_T5 = {"CIFAR-10": {1: (50.5, 1.2, 7.4, 1.2), 2: (57.5, 2.6, 15.9, 1.8), 3: (60.4, 5.4, 17.7, 5.0),
+                         4: (55.7, 3.4, 13.0, 2.0), 5: (55.6, 2.3, 12.6, 1.6)},
+            "FMNIST": {1: (15.4, 0.6, 0.9, 0.3), 2: (18.1, 1.6, 3.8, 1.4), 3: (16.8, 0.9, 2.9, 0.6),
+                       4: (17.0, 1.2, 2.9, 1.2), 5: (17.1, 1.2, 2.9, 1.0)}}
+# Paper Table 6 (fine-tuning, lambda = 0): (final FID, forgetting).
+PAPER_T6 = {"CIFAR-10": (115.410, 72.496), "FMNIST": (103.955, 88.009), "ImageNet-1k": (265.902, 67.864),
+            "MNIST": (102.642, 93.700)}
+# Paper Table 3 (hours, GPU); GR in the paper's table is its generative-replay (GD) runs.
+PAPER_T3 = {("MNIST", "diag"): 5, ("MNIST", "rank1"): 5, ("MNIST", "gd"): 8, ("MNIST", "diag-gd"): 9,
+            ("MNIST", "rank1-gd"): 9, ("FMNIST", "diag"): 5, ("FMNIST", "rank1"): 5, ("FMNIST", "gd"): 8,
+            ("FMNIST", "diag-gd"): 9, ("FMNIST", "rank1-gd"): 9, ("CIFAR-10", "diag"): 4,
+            ("CIFAR-10", "rank1"): 4, ("CIFAR-10", "gd"): 7, ("CIFAR-10", "diag-gd"): 8,
+            ("CIFAR-10", "rank1-gd"): 8}
+
+
+@experiment("continual", "class-incremental run of one --method (all Table-1 methods without it)")
+def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
+    """Continual learning over the dataset's tasks; stores FID matrix, A-FID@k, forgetting, samples."""
+    name = dataset or cfg.dataset
+    if method is None:
+        return [continual_run(cfg, name, seed, m, progress) for m in TABLE1]
+    continual.check_method(method)
+    conf = continual.run_config(cfg, name, method, seed)
+    device = pick_device()
+
+    def compute():
+        values, arrays = continual.run(cfg, name, method, seed, progress=progress, device=device)
+        return values, arrays, str(device)
+
+    return store.load_or_compute(
+        cfg.name, "continual", f"{name}-{method}-s{seed}", conf, compute, heavy=cfg.heavy,
+        command=f"python -m rank1lib run continual --profile {cfg.name} --dataset {name} --method {method} "
+                f"--seed {seed}")
+
+
+def collect(cfg, dataset, methods, seeds=None, progress=True):
+    """{method: [record per seed]} (computed or loaded from the store)."""
+    return {m: [continual_run(cfg, dataset, s, m, progress) for s in (seeds or cfg.seeds)] for m in methods}
+
+
+def mean_se(vals):
+    """Mean and standard error over seeds (se None for one seed); None values are dropped."""
+    v = np.array([x for x in vals if x is not None], dtype=float)
+    if len(v) == 0:
+        return None, None
+    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def fmt(m, se=None, digits=1):
+    if m is None:
+        return "—"
+    return f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
+
+
+def metric(recs, key):
+    return mean_se([r.values[key] for r in recs])
+
+
+def table1(recs, dataset):
+    """Table 1: our A-FID and forgetting (mean ± se over seeds) beside the paper's."""
+    paper = PAPER_T1.get(PAPER_DATASET[dataset], {})
+    rows = []
+    for m, rs in recs.items():
+        p = paper.get(m, (None,) * 4)
+        rows.append({"method": NAMES[m], "A-FID (ours)": fmt(*metric(rs, "a_fid")),
+                     "A-FID (paper)": fmt(p[0], p[1]), "forgetting (ours)": fmt(*metric(rs, "forgetting")),
+                     "forgetting (paper)": fmt(p[2], p[3])})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def _best(recs, key, among):
+    vals = {m: metric(recs[m], key)[0] for m in among if m in recs}
+    vals = {m: v for m, v in vals.items() if v is not None}
+    return min(vals, key=vals.get) if vals else None
+
+
+def claims(recs, dataset):
+    """One line per claim of sec. 5.1: what the paper says, what we measured, agree or not."""
+    cont = [m for m in TABLE1 if m != "joint" and m in recs]
+    a = {m: metric(recs[m], "a_fid")[0] for m in recs}
+    f = {m: metric(recs[m], "forgetting")[0] for m in recs}
+    verdict = lambda ok: "**agrees**" if ok else "**does not agree**"  # noqa: E731
+    lines = []
+    ba, bf = _best(recs, "a_fid", cont), _best(recs, "forgetting", cont)
+    lines.append(f"Rank-1 + GD has the lowest A-FID and forgetting of the continual methods (paper: yes). "
+                 f"Ours: lowest A-FID {NAMES.get(ba)}, lowest forgetting {NAMES.get(bf)} → "
+                 f"{verdict(ba == 'rank1-gd' and bf == 'rank1-gd')}.")
+    if PAPER_DATASET[dataset] in ("MNIST", "FMNIST") and "rank1-gd" in recs:
+        fr, ar = f["rank1-gd"], a["rank1-gd"]
+        near = fr is not None and ar is not None and abs(fr) <= 0.1 * ar
+        lines.append(f"Forgetting of Rank-1 + GD is near zero on {PAPER_DATASET[dataset]} (paper: "
+                     f"{PAPER_T1[PAPER_DATASET[dataset]]['rank1-gd'][2]}; criterion here: |F| <= 10% of its "
+                     f"A-FID). Ours: F = {fmt(fr)} with A-FID {fmt(ar)} → {verdict(near)}.")
+    if all(m in recs for m in ("diag", "rank1", "gd")):
+        fails = all(a[m] > a["gd"] and f[m] > f["gd"] for m in ("diag", "rank1"))
+        lines.append(f"EWC without distillation fails: Diag and Rank-1 w/o GD have higher A-FID and forgetting "
+                     f"than GD alone (paper: yes). Ours: A-FID {fmt(a['diag'])} / {fmt(a['rank1'])} vs "
+                     f"{fmt(a['gd'])}, F {fmt(f['diag'])} / {fmt(f['rank1'])} vs {fmt(f['gd'])} → {verdict(fails)}.")
+    return lines
+
+
+def afid_curves(recs):
+    """{method: (k = 1..T, mean A-FID@k, se)} over seeds (Figure 4)."""
+    out = {}
+    for m, rs in recs.items():
+        A = np.array([[np.nan if v is None else v for v in r.values["a_fid_at_k"]] for r in rs])
+        se = A.std(0, ddof=1) / np.sqrt(len(A)) if len(A) > 1 else np.zeros(A.shape[1])
+        out[m] = (np.arange(1, A.shape[1] + 1), A.mean(0), se)
+    return out
+
+
+def plot_afid(ax, recs, title):
+    """Figure 4 panel: A-FID@k per method (joint: one marker at k = T)."""
+    for m, (k, mean, se) in afid_curves(recs).items():
+        ok = np.isfinite(mean)
+        style = dict(marker="*", ms=12, ls="none") if m == "joint" else dict(marker="o")
+        ax.errorbar(k[ok], mean[ok], yerr=se[ok], label=NAMES[m], capsize=3, **style)
+    ax.set(xlabel="task k", ylabel="A-FID@k", title=title, xticks=list(k))
+    ax.legend()
+
+
+def fid_matrix(recs):
+    """Mean over seeds of FID_i(m_k), (T, T) with NaN above the diagonal."""
+    return np.nanmean([[[np.nan if v is None else v for v in row] for row in r.values["fid"]] for r in recs], 0)
+
+
+def plot_task_curves(axes, recs):
+    """Appendix E.5: FID_i(m_k) against k for each task i, one line per method."""
+    for m, rs in recs.items():
+        if m == "joint":
+            continue
+        M = fid_matrix(rs)
+        for i, ax in enumerate(axes):
+            k = np.arange(i, len(M))
+            ax.plot(k + 1, M[i:, i], marker="o", label=NAMES[m])
+    for i, ax in enumerate(axes):
+        ax.set(xlabel="after task k", ylabel=f"FID on task {i + 1}", title=f"task {i + 1}")
+    axes[0].legend(fontsize=7)
+
+
+def sample_strip(rec, cls_index):
+    """(T, per, C, H, W) samples of the cls_index-th fixed class after every task (Figure 5 row)."""
+    return rec.arrays["samples"][:, cls_index]
+
+
+def table5(recs, dataset, k):
+    """Table 5: rank-1 (mean gradient) vs rank-k (power iteration), both with GD; paper beside ours."""
+    paper = PAPER_T5.get(PAPER_DATASET[dataset], {})
+    rows = []
+    for m, kk in (("rank1-gd", 1), ("rankk-gd", k)):
+        p = paper.get(kk, (None,) * 4)
+        rows.append({"method": f"GD + rank-{kk}" + (" (mean gradient, ours)" if m == "rank1-gd" else
+                                                    " (power iteration)"),
+                     "final A-FID (ours)": fmt(*metric(recs[m], "a_fid")), "final FID (paper)": fmt(p[0], p[1]),
+                     "forgetting (ours)": fmt(*metric(recs[m], "forgetting")),
+                     "forgetting (paper)": fmt(p[2], p[3])})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def table6(recs, dataset):
+    """Table 6: fine-tuning with lambda = 0, ours beside the paper's."""
+    p = PAPER_T6.get(PAPER_DATASET[dataset], (None, None))
+    return pd.DataFrame([{"dataset": dataset, "final A-FID (ours)": fmt(*metric(recs["finetune"], "a_fid")),
+                          "final FID (paper)": fmt(p[0], digits=3),
+                          "forgetting (ours)": fmt(*metric(recs["finetune"], "forgetting")),
+                          "forgetting (paper)": fmt(p[1], digits=3)}]).set_index("dataset")
+
+
+def table3(recs_by_dataset):
+    """Table 3 analogue: wall time per method and dataset from the stored provenance, with the device."""
+    rows = []
+    for ds, recs in recs_by_dataset.items():
+        for m, rs in recs.items():
+            wall = [r["provenance"]["wall_s"] or 0.0 for r in rs]
+            train = [r.values["train_seconds"] for r in rs]
+            p = PAPER_T3.get((PAPER_DATASET[ds], m))
+            rows.append({"dataset": ds, "method": NAMES[m], "train s (ours)": f"{np.mean(train):.1f}",
+                         "stored wall s (ours)": f"{np.mean(wall):.1f}", "device (ours)": rs[0]["provenance"]["device"],
+                         "paper hours": "—" if p is None else f"~{p}",
+                         "paper GPU": "—" if p is None else "NVIDIA L40S"})
+    return pd.DataFrame(rows).set_index(["dataset", "method"])

@@ -14,7 +14,7 @@ from . import fisher
 from .analysis import analysis_data
 from .bench import benchmark
 from .models import build_unet, n_params
-from .store import device_name
+from .store import REPO, device_name
 from .train import pick_device
 
 # Dense F is P x P float64 (8 P^2 bytes): the P ~ 1e5 would need 80 GB, so the dense
@@ -97,7 +97,9 @@ def cl_gram_peak(n, block_bytes=4 << 30):
 
 def cl_peak(n):
     code = f"from rank1lib.bench_fisher import cl_gram_peak; cl_gram_peak({n})"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO))
+    if res.returncode:
+        raise RuntimeError(f"cl Gram-path measurement failed: {res.stderr.strip().splitlines()[-1:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

@@ -6,7 +6,7 @@ import importlib
 import time
 
 BENCHES = {}
-MODULES = ["rank1lib.bench_fisher"]  # e.g. "rank1lib.bench_train"
+MODULES = ["rank1lib.bench_fisher", "rank1lib.bench_train"]
 
 
 def benchmark(name):

@@ -179,11 +179,17 @@ def combine(pen, distill):
 
 def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, progress):
     """Train (or resume, or load) task k into d/ckpt; returns train.json's content or None if stopped."""
+    from diffusers.utils import logging as dlog
     steps = cl_steps(cfg, len(x))
     info_file = d / "train.json"
     t0 = time.time()
-    out = train(net, x, y, cfg, steps=steps, seed=seed * 1_000 + k, ckpt_dir=d / "ckpt", extra_loss=extra,
-                desc=desc, stop_after=stop_after, progress=progress, device=device)
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # from_pretrained's note about `accelerate` on every checkpoint load
+    try:
+        out = train(net, x, y, cfg, steps=steps, seed=seed * 1_000 + k, ckpt_dir=d / "ckpt", extra_loss=extra,
+                    desc=desc, stop_after=stop_after, progress=progress, device=device)
+    finally:
+        dlog.set_verbosity(level)
     if out.get("interrupted"):
         return None
     if info_file.exists():

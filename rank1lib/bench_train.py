@@ -1,0 +1,145 @@
+"""Benchmark `train`: training step speed (optimised vs naive), EWC penalty overhead, DDIM and FID speed.
+
+python -m rank1lib bench train --profile P [--json]
+"""
+import time
+
+import torch
+
+from . import ewc, fid, store
+from .bench import benchmark
+from .diffusion import alpha_bar, ddim_sample, loss_simple, to_model_range
+from .models import build_unet, n_params
+from .train import make_adam, pick_device, switch
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_step_time(step, n, warmup, device):
+    """Median wall time of `step()` over n calls after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def naive_step_fn(model, x, y, cfg, device):
+    """fp32 eager step fed by a DataLoader from CPU memory, plain Adam."""
+    ds = torch.utils.data.TensorDataset(to_model_range(x), y)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    ab = alpha_bar(device)
+    it = iter(loader)
+
+    def step():
+        nonlocal it
+        try:
+            xb, yb = next(it)
+        except StopIteration:
+            it = iter(loader)
+            xb, yb = next(it)
+        loss = loss_simple(model, xb.to(device), yb.to(device), ab)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def fast_step_fn(model, x, y, cfg, device, penalty=None):
+    """The trainer's step: data on the device, bf16 autocast and fused Adam on CUDA, torch.compile."""
+    x, y = x.to(device), y.to(device)
+    opt = make_adam(model, cfg, device)
+    amp = switch(cfg.amp, device)
+    fwd = torch.compile(model) if switch(cfg.compile, device) else model
+    ab = alpha_bar(device)
+    b = cfg.batch_size
+
+    def step():
+        idx = torch.randint(0, len(x), (b,), device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_simple(fwd, to_model_range(x[idx]), y[idx], ab)
+            if penalty is not None:
+                loss = loss + penalty(fwd)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def penalties(model, n_tasks=4, lam=15000.0):
+    """Rank-1 and diagonal penalties holding n_tasks random past tasks (the cost does not depend on values)."""
+    P = n_params(model)
+    g = torch.Generator().manual_seed(0)
+    r1, dg = ewc.rank1_penalty(lam), ewc.DiagPenalty(lam)
+    for _ in range(n_tasks):
+        r1.add_task(model, torch.randn(P, generator=g) * 1e-3, [1.0])
+        dg.add_task(model, torch.rand(P, generator=g) * 1e-3)
+    return r1, dg
+
+
+@benchmark("train")
+def bench_train(cfg):
+    """Rows per measurement and the summary JSON of the issue."""
+    device = pick_device()
+    on_cpu = device.type == "cpu"
+    n, warm = (5, 2) if on_cpu else (30, 10)
+    b = cfg.batch_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (b * 8, 1, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (b * 8,), generator=g)
+
+    def model():
+        torch.manual_seed(0)
+        return build_unet(cfg.model, 10, 1).to(device).train()
+
+    m = model()
+    t_naive = median_step_time(naive_step_fn(m, x, y, cfg, device), n, warm, device)
+    m = model()
+    r1, dg = penalties(m)
+    t_fast = median_step_time(fast_step_fn(m, x, y, cfg, device), n, warm, device)
+    t_r1 = median_step_time(fast_step_fn(m, x, y, cfg, device, r1), n, warm, device)
+    t_dg = median_step_time(fast_step_fn(m, x, y, cfg, device, dg), n, warm, device)
+    rows = [{"measurement": "naive step (fp32 eager, DataLoader)", "seconds": t_naive, "images_per_s": b / t_naive},
+            {"measurement": "optimised step", "seconds": t_fast, "images_per_s": b / t_fast},
+            {"measurement": "optimised + rank-1 penalty (4 past tasks)", "seconds": t_r1, "images_per_s": b / t_r1},
+            {"measurement": "optimised + diag penalty (4 past tasks)", "seconds": t_dg, "images_per_s": b / t_dg}]
+    n_img = min(cfg.sample_batch, 32 if on_cpu else 1000)
+    m.eval()
+    ddim_sample(m, torch.arange(min(n_img, 4)) % 10, steps=2, progress=False)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    ddim_sample(m, torch.arange(n_img) % 10, steps=cfg.ddim_steps, batch_size=cfg.sample_batch, progress=False,
+                amp=switch(cfg.amp, device))
+    _sync(device)
+    t_ddim = time.perf_counter() - t0
+    rows.append({"measurement": f"DDIM {cfg.ddim_steps} steps, {n_img} images", "seconds": t_ddim,
+                 "images_per_s": n_img / t_ddim})
+    metric = fid.make_metric(cfg.fid_extractor, 1, device)
+    n_fid = 16 if on_cpu else 1000
+    imgs = torch.randint(0, 256, (n_fid, 1, 32, 32), dtype=torch.uint8, generator=g)
+    fid.features(metric, imgs[:4])  # warm-up
+    t0 = time.perf_counter()
+    feats = fid.features(metric, imgs)
+    t_feat = time.perf_counter() - t0
+    ref = fid.stats(torch.randn(feats.shape[1] + 64, feats.shape[1], dtype=torch.float64))
+    t0 = time.perf_counter()
+    fid.frechet_distance(*ref, *fid.stats(torch.randn(feats.shape[1] + 64, feats.shape[1], dtype=torch.float64)))
+    t_fd = time.perf_counter() - t0
+    rows.append({"measurement": f"FID features ({cfg.fid_extractor}), {n_fid} images", "seconds": t_feat,
+                 "images_per_s": n_fid / t_feat})
+    rows.append({"measurement": "Frechet distance from (mu, sigma), full rank", "seconds": t_fd, "images_per_s": None})
+    summary = {"optimized_vs_naive_speedup": t_naive / t_fast,
+               "rank1_penalty_overhead": t_r1 / t_fast - 1, "diag_penalty_overhead": t_dg / t_fast - 1,
+               "ddim_images_per_s": n_img / t_ddim, "ddim_steps": cfg.ddim_steps,
+               "fid_seconds_per_10k": 10_000 * t_feat / n_fid + t_fd, "fid_extractor": cfg.fid_extractor,
+               "model": cfg.model, "params": n_params(m), "batch_size": b, "device": store.device_name(device)}
+    return rows, summary

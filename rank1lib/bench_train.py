@@ -91,7 +91,7 @@ def bench_train(cfg):
     """Rows per measurement and the summary JSON of the issue."""
     device = pick_device()
     on_cpu = device.type == "cpu"
-    n, warm = (5, 2) if on_cpu else (30, 10)
+    n, warm = (9, 2) if on_cpu else (30, 10)
     b = cfg.batch_size
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (b * 8, 1, 32, 32), dtype=torch.uint8, generator=g)

@@ -78,26 +78,41 @@ def rank1_penalty(lam):
 
 
 class DiagPenalty:
-    """lam/2 sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 (diagonal EWC, Kirkpatrick et al. 2017)."""
+    """lam/2 sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 (diagonal EWC, Kirkpatrick et al. 2017).
+
+    Kept in the exact pooled form  sum_k F_k (theta - t_k)^2 = A (theta - tbar)^2 + C  with
+    A = sum_k F_k, tbar = sum_k F_k t_k / A and the constant C updated with the stable pooled-variance
+    formula, so a step costs one pass over the parameters whatever the number of past tasks.
+    """
 
     def __init__(self, lam):
         self.lam = float(lam)
-        self.tasks = []  # (F_k as per-parameter list, theta*_k as per-parameter list)
+        self.A, self.tbar, self.C = None, None, 0.0
         self.n_tasks = 0
 
     def add_task(self, model, F_diag):
         params = _params(model)
-        self.tasks.append((split_like(F_diag, params), [p.detach().clone().float() for p in params]))
+        F = split_like(F_diag, params)
+        t = [p.detach().clone().float() for p in params]
+        if self.A is None:
+            self.A, self.tbar = F, t
+        else:
+            A2 = [a + f for a, f in zip(self.A, F)]
+            safe = [torch.where(a2 > 0, a2, torch.ones_like(a2)) for a2 in A2]
+            self.C += float(sum((a.double() * f.double() / s.double() * (tb.double() - tt.double()).pow(2)).sum()
+                                for a, f, s, tb, tt in zip(self.A, F, safe, self.tbar, t)))
+            self.tbar = [torch.where(a2 > 0, (a * tb + f * tt) / s, tt)
+                         for a2, a, f, s, tb, tt in zip(A2, self.A, F, safe, self.tbar, t)]
+            self.A = A2
         self.n_tasks += 1
 
     def __call__(self, model):
         params = _params(model)
-        if not self.tasks or self.lam == 0:
+        if self.A is None or self.lam == 0:
             return params[0].new_zeros(())
         with _fp32(params):
-            total = sum((F * (p - ts).pow(2)).sum() for Fk, tk in self.tasks
-                        for F, p, ts in zip(Fk, params, tk))
-            return 0.5 * self.lam * total
+            total = sum((a * (p - tb).pow(2)).sum() for a, p, tb in zip(self.A, params, self.tbar))
+            return 0.5 * self.lam * (total + self.C)
 
 
 def make_penalty(kind, lam):

@@ -74,12 +74,13 @@ def batched_vs_loop(cfg, net):
     return {"N": n, "t_batched": t_b, "t_loop": t_l, "mu_err": mu_err, "c_err": abs(c - c_ref) / abs(c_ref)}
 
 
-def cl_gram_peak(n, block_bytes=4 << 30):
+def cl_gram_peak(n, block_bytes=None):
     """Run in a fresh process: Gram path on the cl UNet at N = n, t = 500; prints a JSON line."""
     import resource
     dev = pick_device()
     torch.manual_seed(0)
     net = build_unet("cl", 10).to(dev)
+    block_bytes = block_bytes or fisher.default_block_bytes(dev)
     x0 = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     if dev.type == "cuda":
@@ -132,7 +133,8 @@ def bench_fisher(cfg):
          "setting": ""},
         {"measure": "Gram path on cl UNet: peak memory (GiB)", "value": peak, "goal": "",
          "setting": f"P = {mem['params']}, N = {mem['N']}, one t, {how}; "
-                    f"{mem['rss_before_gb']:.2f} GiB before, {mem['seconds']:.0f} s"},
+                    f"{mem['rss_before_gb']:.2f} GiB RSS before, gradient blocks <= {mem['block_gb']:.1f} GiB, "
+                    f"{mem['seconds']:.0f} s"},
     ]
     summary = {"eig_max_rel_err": gd["err"], "gram_vs_dense_speedup": gd["t_dense"] / gd["t_gram"],
                "dense_P": gd["P"], "gram_N": gd["N"], "mu_max_rel_err": max(bl["mu_err"], bl["c_err"]),

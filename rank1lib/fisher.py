@@ -214,8 +214,17 @@ def diag_fisher(model, x0_uint8, y, n_samples, seed, chunk=32, progress=False, m
 #   |cos(g_i, mu)|       = |(G mu)_i| / (sqrt(N K_ii) ||mu||)
 
 
-def param_groups(model, n_samples, block_bytes=1 << 30):
+def default_block_bytes(device):
+    """Budget for one (N, P_group) gradient block: a quarter of the GPU's memory, 2 GiB on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 4
+    return 2 << 30
+
+
+def param_groups(model, n_samples, block_bytes=None):
     """Split parameter names into consecutive groups whose (N, P_group) float32 block fits block_bytes."""
+    block_bytes = block_bytes or default_block_bytes(next(model.parameters()).device)
     groups, cur, size = [], [], 0
     for n, p in model.named_parameters():
         if not p.requires_grad:
@@ -228,8 +237,8 @@ def param_groups(model, n_samples, block_bytes=1 << 30):
     return groups + [cur] if cur else groups
 
 
-def gram_accumulate(model, x0, y, t, eps, chunk=32, block_bytes=1 << 30, progress=False, method="auto",
-                    col_chunk=1 << 22):
+def gram_accumulate(model, x0, y, t, eps, chunk=32, block_bytes=None, progress=False, method="auto",
+                    col_chunk=1 << 20):
     """K = G G^T / N, ||d||^2, G mu and mu (float64), group by group so that G is never held whole.
 
     Each group's (N, P_g) float32 block lives on the model's device; products are taken in float64
@@ -278,7 +287,7 @@ def spectrum_from_gram(K, d2, Gmu, mu, k=5):
     }
 
 
-def fisher_at_t(model, x0_uint8, y, n_samples, t, seed, k=5, chunk=32, block_bytes=1 << 30,
+def fisher_at_t(model, x0_uint8, y, n_samples, t, seed, k=5, chunk=32, block_bytes=None,
                 progress=False, method="auto"):
     """Empirical Fisher F_t of n_samples (x0 ~ data, fresh noise) at a fixed t: stats and mu_t."""
     x0, yy, tt, eps = joint_samples(x0_uint8, y, n_samples, seed, t=t)

@@ -6,7 +6,7 @@ gd (generative distillation only), diag-gd, rank1-gd (ours) and rankk-gd (app. E
 
 Every task starts a fresh Adam. After task k the loop writes, under
 ckpt_root()/continual/<profile>/<dataset>-s<seed>-<config hash>/<lineage>/task<k>/:
-  ckpt/ (train.train's exact-resume checkpoint), train.json, fid.json, samples.pt,
+  ckpt/ (train.train's exact-resume checkpoint), train.json, fid-<tag>.json, samples-<tag>.pt,
   stats-<kind>.pt (mu and c*, diagonal Fisher or rank-k pairs) and pool.pt (replay pool).
 Task 1 is identical for every continual method (no penalty, no replay yet), so it lives in the
 shared lineage `shared`. A rerun loads what exists and computes only what is missing, so an
@@ -86,6 +86,11 @@ def cached(path, compute, as_json=False):
     obj = compute()
     (_save_json if as_json else _save_pt)(obj, path)
     return obj
+
+
+def eval_tag(cfg):
+    """File tag of FID rows and samples: the evaluation keys they depend on."""
+    return store.config_hash({k: cfg[k] for k in EVAL_KEYS})
 
 
 def cl_steps(cfg, n_images):
@@ -223,9 +228,9 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
         inf = train_task(net, x, y, cfg, d, seed, 99, None, f"joint ({T} tasks at once)", stop, device, progress)
         if inf is None:
             return None
-        M[-1] = cached(d / "fid.json", lambda: ev.row(net, T - 1), as_json=True)
+        M[-1] = cached(d / f"fid-{eval_tag(cfg)}.json", lambda: ev.row(net, T - 1), as_json=True)
         info.append(inf)
-        shots.append(cached(d / "samples.pt", lambda: samples(net, dataset, cfg)))
+        shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
         return summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid)
     kind, gd = RECIPES[method]
     pen = ewc.make_penalty(kind, cfg.lam) if kind else None
@@ -239,8 +244,8 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
         if inf is None:
             return None
         info.append(inf)
-        M[k, :k + 1] = cached(d / "fid.json", lambda: ev.row(net, k), as_json=True)
-        shots.append(cached(d / "samples.pt", lambda: samples(net, dataset, cfg)))
+        M[k, :k + 1] = cached(d / f"fid-{eval_tag(cfg)}.json", lambda: ev.row(net, k), as_json=True)
+        shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
         if k == T - 1:
             break
         if kind:

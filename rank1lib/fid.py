@@ -79,14 +79,14 @@ def make_metric(extractor="inception", channels=1, device="cpu"):
         feat = PixelFeatures(channels * 32 * 32)
     elif extractor == "torch-fidelity":
         try:
-            metric = FrechetInceptionDistance(feature=2048, reset_real_features=False)
+            metric = FrechetInceptionDistance(feature=2048, reset_real_features=True)
         except (ModuleNotFoundError, OSError, RuntimeError) as e:
             raise RuntimeError(f"extractor 'torch-fidelity' unavailable ({e}); use 'inception'") from None
         metric.inception = Grey3(metric.inception)
         return metric.to(device)
     else:
         raise ValueError(f"unknown FID extractor {extractor!r}; valid: {', '.join(EXTRACTORS)}")
-    return FrechetInceptionDistance(feature=feat, reset_real_features=False).to(device)
+    return FrechetInceptionDistance(feature=feat, reset_real_features=True).to(device)
 
 
 @torch.no_grad()

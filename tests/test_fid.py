@@ -35,15 +35,23 @@ def test_fid_matches_scipy_closed_form_both_routes():
     d = 12
     real = gaussian(200, d, 0.0, 0)
     metric = fid.make_metric(Identity(d))
-    ref = fid.reference_stats(metric, torch.tensor(real))
     for n in (7, 300):  # fewer generated samples than d (low-rank route) and more (eigvals route)
+        ref = fid.reference_stats(metric, torch.tensor(real))
         fake = gaussian(n, d, 0.5, n)
         ours = fid.fid(metric, ref, torch.tensor(fake))
         assert abs(ours - closed_form(real, fake)) < 1e-6 * max(1.0, abs(ours))
         # torchmetrics' own compute() on the same states agrees too
         metric.update(torch.tensor(fake), real=False)
         assert abs(float(metric.compute()) - ours) < 1e-4 * max(1.0, abs(ours))
-        metric.reset()
+
+
+def test_reference_stats_do_not_accumulate_across_tasks():
+    d = 4
+    metric = fid.make_metric(Identity(d))
+    a, b = torch.tensor(gaussian(30, d, 0.0, 1)), torch.tensor(gaussian(30, d, 3.0, 2))
+    fid.reference_stats(metric, a)
+    mu_b, _ = fid.reference_stats(metric, b)
+    assert torch.allclose(mu_b, b.mean(0))
 
 
 def test_reference_stats_cache(tmp_path):

@@ -28,7 +28,7 @@ data: install
 	$(PY) -m rank1lib fetch mnist-5k
 
 unit: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=10
 
 nbcheck: install
 	$(PY) -m rank1lib.book execute --profile ci --out _build/executed/ci $(CHAPTERS)

@@ -1,6 +1,7 @@
-"""Command line: python -m rank1lib {list, run, fetch, bench}."""
+"""Command line: python -m rank1lib [--threads N] {list, run, fetch, bench, campaign}."""
 import argparse
 import json
+import os
 import sys
 
 from . import data, store
@@ -33,6 +34,7 @@ def cmd_list(_args):
 
 
 def cmd_run(args):
+    store.allow_cli_only(True)
     exps = load_all()
     if args.experiment not in exps:
         raise ConfigError(f"unknown experiment {args.experiment!r}; valid: {', '.join(exps)}")
@@ -67,8 +69,26 @@ def cmd_bench(args):
         print(json.dumps(summary))
 
 
+def cmd_campaign(args):
+    from .campaign import campaign
+    store.allow_cli_only(True)
+    return campaign(args.profile, hours=args.hours, jobs=args.jobs, threads=args.worker_threads,
+                    dry_run=args.dry_run, only=args.only)
+
+
+def set_threads(n):
+    """The one place that sets torch's thread count (0 = torch's default: all cores)."""
+    if n:
+        import torch
+        torch.set_num_threads(n)
+        torch.set_num_interop_threads(1)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="python -m rank1lib", description=__doc__)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("RANK1_THREADS", 0)),
+                   help="torch threads for this process (0 = all cores)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="experiments, profiles, datasets and stored results")
     r = sub.add_parser("run", help="run an experiment and store its results")
@@ -86,17 +106,35 @@ def parser():
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
     b.add_argument("--json", action="store_true")
     b.add_argument("--store", action="store_true", help="keep the result in the store (the book's performance page reads it)")
+    c = sub.add_parser("campaign", help="build a profile's committed tier, resumably, within a time budget")
+    c.add_argument("--profile", default="cpu")
+    c.add_argument("--hours", type=float, default=1.0, help="stop cleanly (checkpoints) after this long")
+    c.add_argument("--jobs", type=int, default=2, help="items run at once (2 x 1 thread measured fastest on 2 cores)")
+    c.add_argument("--worker-threads", type=int, default=1, help="torch threads per item process")
+    c.add_argument("--dry-run", action="store_true", help="only list the items with status and estimates")
+    c.add_argument("--only", nargs="+", metavar="ITEM", help="run only these items")
     return p
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    from .train import DeadlineReached, NonFiniteLoss
+    set_threads(args.threads)
     try:
-        {"list": cmd_list, "run": cmd_run, "fetch": cmd_fetch, "bench": cmd_bench}[args.cmd](args)
-    except (ConfigError, data.DataMissing, store.NeedsGPU, ValueError) as e:
+        rc = {"list": cmd_list, "run": cmd_run, "fetch": cmd_fetch, "bench": cmd_bench,
+              "campaign": cmd_campaign}[args.cmd](args)
+    except DeadlineReached as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    except (ConfigError, data.DataMissing, store.ResultPending, NonFiniteLoss, ValueError) as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

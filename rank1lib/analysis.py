@@ -13,7 +13,7 @@ from . import data, diffusion, fisher, store, vae
 from .models import build_unet, n_params
 from .profiles import Config
 from .registry import experiment
-from .train import ckpt_root, pick_device, steps_for, train
+from .train import pick_device, snapshot_steps, state_root, steps_for, train
 
 FIG1_T = list(range(100, 1000, 100))
 PAPER = {  # numbers the paper reports (sec. 3.2, app. C, app. D.1), shown beside ours
@@ -30,22 +30,45 @@ def analysis_data(cfg, name):
                           classes=list(range(spec.num_classes)))
 
 
-def analysis_net(cfg, name, seed, arch, max_steps=None, progress=True):
-    """The analysis UNet `arch` trained on `name` with the analysis budget (resumable checkpoint)."""
+def analysis_dir(cfg, name, seed, arch, max_steps=None):
+    """Training-state folder of one analysis run (checkpoint `last/`, `snapshots/`)."""
     acfg = Config(cfg, epochs=cfg.analysis_epochs,
                   max_steps=cfg.analysis_max_steps if max_steps is None else max_steps)
+    conf = {k: acfg[k] for k in ("epochs", "max_steps", "batch_size", "lr", "train_per_class", "amp")}
+    return acfg, state_root(cfg) / "analysis" / f"{name}-{arch}-s{seed}-{store.config_hash(conf)}"
+
+
+def analysis_net(cfg, name, seed, arch, max_steps=None, progress=True):
+    """The analysis UNet `arch` trained on `name` with the analysis budget (resumable checkpoint;
+    log-spaced weight snapshots for the trajectory chapter). One process at a time per run (lock)."""
+    from filelock import FileLock
+    acfg, ckpt = analysis_dir(cfg, name, seed, arch, max_steps)
     x, y = analysis_data(cfg, name)
     spec = data.SPECS[name]
     torch.manual_seed(seed)
     net = build_unet(arch, spec.num_classes, spec.channels)
-    conf = {k: acfg[k] for k in ("epochs", "max_steps", "batch_size", "lr", "train_per_class", "amp")}
-    ckpt = ckpt_root() / cfg.name / "analysis" / f"{name}-{arch}-s{seed}-{store.config_hash(conf)}"
-    out = train(net, x, y, acfg, steps=steps_for(acfg, len(x)), seed=seed, ckpt_dir=ckpt,
-                desc=f"train {arch} on {name}", progress=progress, device=pick_device())
+    steps = steps_for(acfg, len(x))
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(ckpt) + ".lock"):
+        out = train(net, x, y, acfg, steps=steps, seed=seed, ckpt_dir=ckpt,
+                    desc=f"train {arch} on {name}", progress=progress, device=pick_device(),
+                    snapshot_dir=ckpt / "snapshots", snapshot_at=snapshot_steps(steps))
     losses = out["losses"]
     info = {"arch": arch, "params": n_params(net), "train_steps": out["steps"], "n_train": len(x),
-            "final_loss": float(np.mean(losses[-20:])) if losses else None}
+            "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "train_seconds": out.get("train_seconds"), "threads": torch.get_num_threads(),
+            "state": str(ckpt.relative_to(store.REPO)) if ckpt.is_relative_to(store.REPO) else str(ckpt)}
+    net.losses = losses
     return net.eval(), info, x, y
+
+
+def loss_curve(losses, points=400):
+    """Training-loss curve thinned to about `points` window means (float32), for convergence plots."""
+    a = np.asarray(losses, dtype=np.float64)
+    w = max(1, len(a) // points)
+    means = a[:len(a) // w * w].reshape(-1, w).mean(1)
+    steps = (np.arange(len(means)) + 0.5) * w
+    return np.stack([steps, means], 1).astype(np.float32)
 
 
 def _conf(cfg, keys, **extra):
@@ -79,7 +102,7 @@ def tweedie_mse(cfg, dataset=None, seed=0, arch=None, progress=True):
                 mse_xt.append(float(x_t.pow(2).mean()))
         return info | {"t": FIG1_T, "mse": mse, "mse_eps": mse_eps, "mean_xt2": mse_xt, "n": n}, None, str(device)
 
-    return store.load_or_compute(cfg.name, "tweedie", f"{name}-{arch}-s{seed}", conf, compute, heavy=cfg.heavy,
+    return store.load_or_compute(cfg.name, "tweedie", f"{name}-{arch}-s{seed}", conf, compute, **store.policy(cfg),
                                  command=f"python -m rank1lib run tweedie --profile {cfg.name} --dataset {name}")
 
 
@@ -87,7 +110,7 @@ def spectrum_compute(net, x, y, n_samples, timesteps, seed, progress=True, k=5):
     """Per-t Fisher statistics (Fig. 2, 3, 6) through the Gram matrix, and cosines of mu_t (Fig. 3a)."""
     rows, mus = [], []
     for t in timesteps:
-        s, mu = fisher.fisher_at_t(net, x, y, n_samples, t, seed * 1000 + t, k=k, chunk=8, progress=progress)
+        s, mu = fisher.fisher_at_t(net, x, y, n_samples, t, seed * 1000 + t, k=k, chunk=32, progress=progress)
         rows.append(s)
         mus.append(mu)
     keys = ("r", "share", "fro", "trace", "err_diag", "err_rank1", "err_best_rank1", "c_star", "mu_norm")
@@ -115,9 +138,10 @@ def spectrum(cfg, dataset=None, seed=0, arch=None, progress=True):
     def compute():
         net, info, x, y = analysis_net(cfg, name, seed, arch, max_steps=steps, progress=progress)
         values, arrays = spectrum_compute(net, x, y, n, ts, seed, progress)
+        arrays["loss_curve"] = loss_curve(net.losses)
         return info | values, arrays, str(next(net.parameters()).device)
 
-    return store.load_or_compute(cfg.name, "spectrum", f"{name}-{arch}-s{seed}", conf, compute, heavy=cfg.heavy,
+    return store.load_or_compute(cfg.name, "spectrum", f"{name}-{arch}-s{seed}", conf, compute, **store.policy(cfg),
                                  command=f"python -m rank1lib run spectrum --profile {cfg.name} "
                                          f"--dataset {name} --set analysis_model={arch}")
 
@@ -143,5 +167,5 @@ def vae_share(cfg, dataset=None, seed=0, progress=True):
                            "params": sum(p.numel() for p in model.parameters())}
         return values, None, "cpu"
 
-    return store.load_or_compute(cfg.name, "vae", f"{name}-s{seed}", conf, compute, heavy=cfg.heavy,
+    return store.load_or_compute(cfg.name, "vae", f"{name}-s{seed}", conf, compute, **store.policy(cfg),
                                  command=f"python -m rank1lib run vae --profile {cfg.name} --dataset {name}")

@@ -47,5 +47,5 @@ def stored_or_run(name, cfg):
         summary.setdefault("seconds", time.time() - t0)
         return {"rows": rows, "summary": summary}, None, summary.get("device")
 
-    return store.load_or_compute(cfg.name, "bench", name, conf, compute, heavy=cfg.heavy,
+    return store.load_or_compute(cfg.name, "bench", name, conf, compute, **store.policy(cfg),
                                  command=f"python -m rank1lib bench {name} --profile {cfg.name} --json")

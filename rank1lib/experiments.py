@@ -65,5 +65,5 @@ def train_run(cfg, dataset=None, seed=0, model=None, progress=True):
         return values, arrays, str(device)
 
     return store.load_or_compute(cfg.name, "train", f"{name}-{arch}-s{seed}", conf, compute,
-                                 heavy=cfg.heavy,
+                                 **store.policy(cfg),
                                  command=f"python -m rank1lib run train --profile {cfg.name} --dataset {name}")

@@ -65,12 +65,12 @@ def _loss_fn(model, names, ab):
 
 
 def resolve_method(method, device):
-    """'auto' -> 'vmap' on CUDA, 'loop' on CPU (where vmap's batched conv backward is slower)."""
+    """'auto' -> 'vmap' on every device. Measured on a quiet 2-core CPU (base UNet, N = 256, t = 500,
+    whole Gram path): vmap 5.2 s in chunks of 32, per-sample loop 11.9 s; on CUDA vmap is the
+    batched path too. The loop stays as the test reference."""
     if method not in ("auto", "vmap", "loop"):
         raise ValueError(f"per-sample gradient method {method!r}; valid: auto, vmap, loop")
-    if method == "auto":
-        return "vmap" if torch.device(device).type == "cuda" else "loop"
-    return method
+    return "vmap" if method == "auto" else method
 
 
 def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False, method="vmap"):

@@ -4,7 +4,7 @@ from pathlib import Path
 import yaml
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
-PROFILES = ("ci", "quick", "gpu", "paper")
+PROFILES = ("ci", "quick", "cpu", "gpu", "paper")
 
 
 class ConfigError(ValueError):

@@ -3,7 +3,7 @@ import importlib
 
 EXPERIMENTS = {}
 # Modules whose import registers experiments (one per chapter family).
-MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.runs"]
+MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.trajectory", "rank1lib.runs"]
 
 
 def experiment(name, help=""):

@@ -62,7 +62,7 @@ def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
         return values, arrays, str(device)
 
     return store.load_or_compute(
-        cfg.name, "continual", f"{name}-{method}-s{seed}", conf, compute, heavy=cfg.heavy,
+        cfg.name, "continual", f"{name}-{method}-s{seed}", conf, compute, **store.policy(cfg),
         command=f"python -m rank1lib run continual --profile {cfg.name} --dataset {name} --method {method} "
                 f"--seed {seed}")
 

@@ -1,9 +1,11 @@
 """Results store: book/results/<profile>/<experiment>/<name>.{json,npz,png}, atomic, with provenance."""
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from importlib import metadata
@@ -14,8 +16,38 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-class NeedsGPU(RuntimeError):
+class ResultPending(RuntimeError):
+    """A result is not in the store and is not computed here; the message names the command."""
+
+
+class NeedsGPU(ResultPending):
     """A heavy profile's result is absent and this machine cannot compute it."""
+
+
+_ALLOW_CLI_ONLY = False
+_PROBE = False
+
+
+@contextlib.contextmanager
+def probing():
+    """Within this block load_or_compute never computes: a missing result raises ResultPending."""
+    global _PROBE
+    old, _PROBE = _PROBE, True
+    try:
+        yield
+    finally:
+        _PROBE = old
+
+
+def allow_cli_only(on=True):
+    """Let this process compute results of cli_only profiles (the CLI's `run` and `campaign` do)."""
+    global _ALLOW_CLI_ONLY
+    _ALLOW_CLI_ONLY = bool(on)
+
+
+def policy(cfg) -> dict:
+    """The load_or_compute switches of a profile: heavy (needs CUDA) and cli_only."""
+    return {"heavy": bool(cfg.get("heavy")), "cli_only": bool(cfg.get("cli_only"))}
 
 
 def results_root() -> Path:
@@ -83,17 +115,40 @@ def save(profile, experiment, name, config, values=None, arrays=None, device=Non
     for key, a in (arrays or {}).items():
         if isinstance(a, np.ndarray) and a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
             save_png(profile, experiment, f"{name}.{key}", a)
+    files = {}
     if arrays:
         def write_npz(p):
             with open(p, "wb") as f:
                 np.savez_compressed(f, **arrays)
         _atomic_write(d / f"{name}.npz", write_npz)
+        files["npz"] = file_sha256(d / f"{name}.npz")
     record = {"profile": profile, "experiment": experiment, "name": name, "config": config,
               "config_hash": config_hash(config), "provenance": provenance(device, wall_s),
-              "values": values or {}, "arrays": sorted(arrays) if arrays else []}
-    text = json.dumps(record, indent=1, default=_jsonable)
+              "values": finite_or_null(values or {}), "arrays": sorted(arrays) if arrays else [],
+              "files": files}
+    text = json.dumps(record, indent=1, default=_jsonable, allow_nan=False)
     _atomic_write(d / f"{name}.json", lambda p: Path(p).write_text(text))
     return record
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes (the JSON record names the arrays it belongs with)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def finite_or_null(o):
+    """Replace NaN/inf floats (also inside numpy values, lists and dicts) by None: JSON has no NaN."""
+    if isinstance(o, dict):
+        return {k: finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [finite_or_null(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return finite_or_null(o.tolist())
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
 
 
 def _jsonable(o):
@@ -119,12 +174,34 @@ class Result(dict):
         return self["_arrays"]
 
 
+def set_aside(path, why) -> Path:
+    """Move an unreadable file out of the way (never delete it) and say so in one line."""
+    path = Path(path)
+    dest = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, dest)
+    print(f"warning: {path} is unreadable ({why}); moved aside to {dest.name}, it will be recomputed",
+          file=sys.stderr)
+    return dest
+
+
 def load(profile, experiment, name, config=None):
-    """The stored record, or None if absent or its config hash differs from `config`'s."""
+    """The stored record, or None if absent, torn (arrays do not match the record) or its config
+    hash differs from `config`'s. An unreadable record or torn arrays are moved aside."""
     p = result_dir(profile, experiment) / f"{name}.json"
     if not p.exists():
         return None
-    rec = Result(json.loads(p.read_text()))
+    try:
+        rec = Result(json.loads(p.read_text()))
+    except (ValueError, UnicodeDecodeError) as e:
+        set_aside(p, f"not JSON: {e}")
+        return None
+    npz = p.with_suffix(".npz")
+    want = rec.get("files", {}).get("npz")
+    if want and (not npz.exists() or file_sha256(npz) != want):
+        if npz.exists():
+            set_aside(npz, "its arrays do not match the JSON record (torn write)")
+        set_aside(p, "its arrays are missing or torn")
+        return None
     if config is not None and rec.get("config_hash") != config_hash(config):
         return None
     return rec
@@ -142,18 +219,22 @@ def save_png(profile, experiment, name, fig_or_array):
     return path
 
 
-def load_or_compute(profile, experiment, name, config, compute, heavy=False, command=None):
+def load_or_compute(profile, experiment, name, config, compute, heavy=False, command=None, cli_only=False):
     """Load a result whose config hash matches; else compute(), store and return it.
 
     compute() returns (values, arrays[, device]). On a heavy profile without CUDA, a missing result
-    raises NeedsGPU naming the command that computes it.
+    raises NeedsGPU naming the command that computes it; on a cli_only profile, ResultPending unless
+    this process is the CLI (allow_cli_only).
     """
     rec = load(profile, experiment, name, config)
     if rec is not None:
         return rec
     import torch
+    cmd = command or f"python -m rank1lib run {experiment} --profile {profile}"
+    if _PROBE or (cli_only and not _ALLOW_CLI_ONLY):
+        raise ResultPending(f"pending: {profile}/{experiment}/{name} is not in the store yet; "
+                            f"it is computed by: {cmd}  (or: python -m rank1lib campaign --profile {profile})")
     if heavy and not torch.cuda.is_available():
-        cmd = command or f"python -m rank1lib run {experiment} --profile {profile}"
         raise NeedsGPU(f"result {profile}/{experiment}/{name} is not in the store and profile "
                        f"{profile!r} needs a CUDA GPU; compute it on a GPU box with: {cmd}")
     t0 = time.time()

@@ -7,6 +7,7 @@ on whether the run was interrupted, and a resumed run ends with the same weights
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +16,21 @@ from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
 from .diffusion import alpha_bar, loss_simple, to_model_range
-from .store import REPO
+from .store import REPO, results_root
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss; nothing is stored for the run."""
+
+
+class DeadlineReached(RuntimeError):
+    """$RANK1_DEADLINE (epoch seconds, set by the campaign) passed; a checkpoint was saved."""
+
+
+def deadline():
+    """The campaign's deadline for this process (epoch seconds), or None."""
+    v = os.environ.get("RANK1_DEADLINE")
+    return float(v) if v else None
 
 
 def pick_device(device=None) -> torch.device:
@@ -33,38 +48,102 @@ def ckpt_root() -> Path:
     return Path(os.environ.get("RANK1_CKPT") or REPO / ".ckpt")
 
 
+def state_root(cfg) -> Path:
+    """Training state of a profile: inside the results store when the profile keeps it there
+    (state_in_store: committed, so a campaign continues on another machine), else ckpt_root()."""
+    if cfg.get("state_in_store"):
+        return results_root() / cfg.name / "state"
+    return ckpt_root() / cfg.name
+
+
+def snapshot_steps(total) -> list:
+    """Log-spaced optimiser steps 0, 25, 50, 100, ... (doubling) and the last step, for trajectories."""
+    out, s = [0], 25
+    while s < total:
+        out.append(s)
+        s *= 2
+    return out + [total]
+
+
 def steps_for(cfg, n_images) -> int:
     """Optimiser steps for one task: epochs * ceil(n / batch), capped at max_steps when > 0."""
     steps = cfg.epochs * math.ceil(n_images / cfg.batch_size)
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def save_checkpoint(model, opt, step, losses, ckpt_dir: Path):
-    """save_pretrained + optimiser state into ckpt_dir/last, atomically (write then rename)."""
+def save_checkpoint(model, opt, step, losses, ckpt_dir: Path, seconds=0.0):
+    """save_pretrained + optimiser state into ckpt_dir/last, atomically (unique temp dir, renames);
+    `seconds` is the training wall time so far (for estimates)."""
+    ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_dir / f".tmp-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))
     model.save_pretrained(tmp)
-    torch.save({"opt": opt.state_dict(), "step": step, "losses": losses}, tmp / "trainer.pt")
-    old = ckpt_dir / ".old"
-    shutil.rmtree(old, ignore_errors=True)
+    torch.save({"opt": opt.state_dict(), "step": step, "losses": losses, "seconds": seconds},
+               tmp / "trainer.pt")
+    old = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".old-"))
     if (ckpt_dir / "last").exists():
-        (ckpt_dir / "last").rename(old)
-    tmp.rename(ckpt_dir / "last")
+        os.replace(ckpt_dir / "last", old / "last")
+    os.replace(tmp, ckpt_dir / "last")
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_checkpoint(d: Path, device):
+    loaded = UNet2DModel.from_pretrained(d)
+    state = torch.load(d / "trainer.pt", map_location=device, weights_only=False)
+    return loaded, state
+
+
+def checkpoint_info(ckpt_dir: Path):
+    """(step, seconds) of ckpt_dir/last without loading the model, or None."""
+    f = Path(ckpt_dir) / "last" / "trainer.pt"
+    if not f.exists():
+        return None
+    try:
+        st = torch.load(f, map_location="cpu", weights_only=False)
+        return st["step"], st.get("seconds", 0.0)
+    except Exception:  # noqa: BLE001 - unreadable: reported when the run resumes
+        return None
 
 
 def load_checkpoint(model, opt, ckpt_dir: Path):
-    """Restore weights (from_pretrained) and optimiser from ckpt_dir/last; returns (step, losses)."""
-    last = Path(ckpt_dir) / "last"
-    if not (last / "trainer.pt").exists():
-        return 0, []
-    loaded = UNet2DModel.from_pretrained(last)
-    model.load_state_dict(loaded.state_dict())
-    state = torch.load(last / "trainer.pt", map_location=next(model.parameters()).device, weights_only=False)
-    if opt is not None:
-        opt.load_state_dict(state["opt"])
-    return state["step"], state["losses"]
+    """Restore weights and optimiser from ckpt_dir/last; returns (step, losses, seconds).
+
+    A checkpoint killed between its renames is found in .old-*/last; an unreadable one is moved
+    aside with a one-line warning and the next good one (or step 0) is used.
+    """
+    from .store import set_aside
+    ckpt_dir = Path(ckpt_dir)
+    device = next(model.parameters()).device
+    candidates = [ckpt_dir / "last"] + sorted(ckpt_dir.glob(".old-*/last"), reverse=True)
+    for d in candidates:
+        if not (d / "trainer.pt").exists():
+            continue
+        try:
+            loaded, state = _read_checkpoint(d, device)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is set aside
+            set_aside(d, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        model.load_state_dict(loaded.state_dict())
+        if opt is not None:
+            opt.load_state_dict(state["opt"])
+        return state["step"], state["losses"], state.get("seconds", 0.0)
+    return 0, [], 0.0
+
+
+def save_snapshot(model, step, snap_dir: Path):
+    """Weights only (safetensors) at optimiser step `step`: snap_dir/step-<step>.safetensors."""
+    from safetensors.torch import save_file
+    snap_dir = Path(snap_dir)
+    snap_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=snap_dir, prefix=".snap-", suffix=".tmp")
+    os.close(fd)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, snap_dir / f"step-{step:06d}.safetensors")
+
+
+def snapshots(snap_dir: Path) -> dict:
+    """{step: path} of the stored snapshots."""
+    return {int(p.stem.split("-")[1]): p for p in sorted(Path(snap_dir).glob("step-*.safetensors"))}
 
 
 def make_adam(model, cfg, device):
@@ -73,20 +152,25 @@ def make_adam(model, cfg, device):
 
 
 def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, desc="train",
-          stop_after=None, progress=True, device=None):
+          stop_after=None, progress=True, device=None, snapshot_dir=None, snapshot_at=()):
     """Train eps_theta with L_simple (+ extra_loss(model, step)) for `steps` Adam steps; resumable.
 
     x: uint8 images (N, C, 32, 32), y: labels. stop_after simulates an interruption (tests).
-    Returns {"losses", "steps", "images_per_s"}.
+    snapshot_at: optimiser steps (0 = initialisation) whose weights go to snapshot_dir.
+    A NaN/inf loss stops the run with NonFiniteLoss (the checkpoint keeps the last good state).
+    Returns {"losses", "steps", "images_per_s", "train_seconds"}.
     """
     device = pick_device(device)
     model.to(device).train()
     x, y = x.to(device), y.to(device)
     ab = alpha_bar(device)
     opt = make_adam(model, cfg, device)
-    start, losses = load_checkpoint(model, opt, ckpt_dir) if ckpt_dir else (0, [])
+    start, losses, seconds = load_checkpoint(model, opt, ckpt_dir) if ckpt_dir else (0, [], 0.0)
+    snapshot_at = set(snapshot_at) if snapshot_dir else set()
+    if start == 0 and 0 in snapshot_at:
+        save_snapshot(model, 0, snapshot_dir)
     if start >= steps:
-        return {"losses": losses, "steps": steps, "images_per_s": None}
+        return {"losses": losses, "steps": steps, "images_per_s": None, "train_seconds": seconds}
     amp = switch(cfg.amp, device)
     fwd = torch.compile(model) if switch(cfg.compile, device) else model
     n, b = len(x), min(cfg.batch_size, len(x))
@@ -96,6 +180,7 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
                leave=False, dynamic_ncols=True)
     t0, done = time.time(), 0
     step = start
+    stop_at = deadline()
     try:
         for step in bar:
             epoch = step // per_epoch
@@ -108,26 +193,40 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
                 loss = loss_simple(fwd, to_model_range(x[idx]), y[idx], ab)
                 if extra_loss is not None:
                     loss = loss + extra_loss(fwd, step)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                last = next((f"{v:.4g}" for v in reversed(losses)), "none")
+                raise NonFiniteLoss(f"{desc}: non-finite loss {value} at step {step} (last finite loss {last}); "
+                                    f"likely cause: learning rate {cfg.lr:g} or penalty weight too large, or "
+                                    f"a NaN in the inputs; nothing was stored")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(value)
             done += 1
             if progress and (step % 10 == 0 or step == steps - 1):
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{done * b / (time.time() - t0):.0f}")
+            if step + 1 in snapshot_at:
+                save_snapshot(model, step + 1, snapshot_dir)
             if ckpt_dir and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
-                save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir))
+                save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
+            if stop_at is not None and time.time() > stop_at and step + 1 < steps:
+                if ckpt_dir:
+                    save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
+                raise DeadlineReached(f"{desc}: deadline reached at step {step + 1}/{steps}; checkpoint saved, "
+                                      f"rerun to continue")
             if stop_after is not None and step + 1 - start >= stop_after:
                 if ckpt_dir:
-                    save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir))
+                    save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
                 return {"losses": losses, "steps": step + 1, "images_per_s": None, "interrupted": True}
     except KeyboardInterrupt:
         if ckpt_dir:
             print(f"\ninterrupted at step {step}; rerun the same command to resume from the last "
                   f"checkpoint in {ckpt_dir}")
         raise
-    if ckpt_dir:
-        save_checkpoint(model, opt, steps, losses, Path(ckpt_dir))
     elapsed = time.time() - t0
-    return {"losses": losses, "steps": steps, "images_per_s": done * b / elapsed if elapsed > 0 else None}
+    if ckpt_dir:
+        save_checkpoint(model, opt, steps, losses, Path(ckpt_dir), seconds + elapsed)
+    return {"losses": losses, "steps": steps, "images_per_s": done * b / elapsed if elapsed > 0 else None,
+            "train_seconds": seconds + elapsed}
 

@@ -14,7 +14,7 @@ def test_all_profiles_load_with_same_keys():
 def test_overrides_and_errors():
     cfg = load_profile("ci", **parse_sets(["batch_size=8", "lr=1e-3", "model=small3"]))
     assert (cfg.batch_size, cfg.lr, cfg.model, cfg.name) == (8, 1e-3, "small3", "ci")
-    with pytest.raises(ConfigError, match="unknown profile 'fast'; valid: ci, quick, gpu, paper"):
+    with pytest.raises(ConfigError, match="unknown profile 'fast'; valid: ci, quick, cpu, gpu, paper"):
         load_profile("fast")
     with pytest.raises(ConfigError, match="unknown key 'bacth_size'; valid: .*batch_size"):
         load_profile("ci", bacth_size=3)

@@ -1,0 +1,249 @@
+"""A resumable campaign that builds a profile's committed tier over many sittings.
+
+python -m rank1lib campaign --profile cpu [--hours H] [--jobs J] [--dry-run]
+
+The tier is a list of items in priority order; an item is a few `run` commands that share one
+training run (the first trains, the others reuse its checkpoint). Status comes from the store:
+done (every result stored), partial (training state stored, with its step), pending. Workers run
+items as child processes (`--threads` each), one item per worker, each item under a file lock so
+that two campaigns never run the same item. At the deadline a child's trainer saves a checkpoint
+and exits (RANK1_DEADLINE); whatever is not finished is continued by the next campaign, on this
+machine or another (the state lives in book/results/<profile>/state and is committed).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import store
+from .profiles import Config, load_profile
+
+# Quiet-machine seconds per optimiser step at batch 128, one thread (this repo's 2-core Xeon,
+# torch 2.14.1, 2026-11-25); used for estimates until a run has measured its own.
+SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6}
+SEC_PER_SPECTRUM_T_1T = 42.0  # one timestep of the Gram path, base UNet, N = 1024, one thread
+EXIT_DEADLINE = 3
+
+
+@dataclass
+class Cmd:
+    """One `python -m rank1lib run` command."""
+    experiment: str
+    dataset: str | None = None
+    seed: int = 0
+    sets: dict = field(default_factory=dict)
+
+    def argv(self, profile):
+        a = ["run", self.experiment, "--profile", profile, "--seed", str(self.seed)]
+        a += ["--dataset", self.dataset] if self.dataset else []
+        for k, v in self.sets.items():
+            a += ["--set", f"{k}={v}"]
+        return a
+
+    def text(self, profile):
+        return "python -m rank1lib " + " ".join(self.argv(profile))
+
+
+@dataclass
+class Item:
+    key: str
+    title: str
+    cmds: list
+    arch: str | None = None  # analysis model the first command trains (None: no UNet training)
+    dataset: str | None = None
+    seed: int = 0
+    sets: dict = field(default_factory=dict)
+    spectra_t: int = 0  # number of (timestep, snapshot) spectra the item computes
+
+
+def fisher_items(cfg) -> list:
+    """The Fisher-chapter tier (issue 9, 14) in priority order."""
+    nt = len(cfg.fisher_timesteps)
+    items = []
+
+    def run_item(key, title, arch, dataset=None, seed=0, sets=None, trajectory=False):
+        sets = dict(sets or {}, analysis_model=arch)
+        cmds = [Cmd("spectrum", dataset, seed, sets), Cmd("tweedie", dataset, seed, sets)]
+        if trajectory:
+            cmds.append(Cmd("trajectory", dataset, seed, sets))
+        items.append(Item(key, title, cmds, arch, dataset, seed, sets, nt + (50 if trajectory else 0)))
+
+    run_item("base-s0", "base UNet, mnist-5k, seed 0 (Fig. 1, 2, 3; trajectory)", "base", trajectory=True)
+    # the two short items first, so that a second worker finishes them in the first sitting
+    items.append(Item("vae", "VAE, beta = 1 and 1e-3 (App. C)", [Cmd("vae")]))
+    items.append(Item("init-spread", "base UNet at initialisation, 5 seeds (trajectory controls)",
+                      [Cmd("init_spread")], spectra_t=25))
+    run_item("small3-s0", "Small-3 UNet, mnist-5k, seed 0 (Fig. 6)", "small3")
+    run_item("small1-s0", "Small-1 UNet, mnist-5k, seed 0 (Fig. 6)", "small1")
+    run_item("base-fmnist-s0", "base UNet, Fashion-MNIST 400 per class, seed 0 (beyond the paper)", "base",
+             dataset="fmnist", sets={"train_per_class": 400})
+    run_item("base-s1", "base UNet, mnist-5k, seed 1 (error bars)", "base", seed=1, trajectory=True)
+    run_item("base-s2", "base UNet, mnist-5k, seed 2 (error bars)", "base", seed=2, trajectory=True)
+    return items
+
+
+def item_cfg(cfg, item) -> Config:
+    return load_profile(cfg.name, **item.sets, **({"dataset": item.dataset} if item.dataset else {}))
+
+
+def item_status(cfg, item) -> dict:
+    """{'state': done|partial|pending, 'missing': [...], 'step', 'steps', 'eta_s'} from the store alone."""
+    from .registry import load_all
+    exps = load_all()
+    missing = []
+    for c in item.cmds:
+        icfg = load_profile(cfg.name, **c.sets, **({"dataset": c.dataset} if c.dataset else {}))
+        try:
+            with store.probing():
+                exps[c.experiment](icfg, icfg.dataset, c.seed, progress=False)
+        except store.ResultPending:
+            missing.append(c.experiment)
+    out = {"missing": missing, "step": 0, "steps": 0}
+    eta = 0.0
+    if item.arch:
+        from .analysis import analysis_data, analysis_dir
+        from .train import checkpoint_info, steps_for
+        icfg = item_cfg(cfg, item)
+        acfg, ckpt = analysis_dir(icfg, icfg.dataset, item.seed, item.arch)
+        try:
+            n = len(analysis_data(icfg, icfg.dataset)[0])
+        except Exception:  # noqa: BLE001 - e.g. data missing: the item will say so when it runs
+            n = 0
+        steps = steps_for(acfg, n) if n else 0
+        info = checkpoint_info(ckpt) or (0, 0.0)
+        out.update(step=info[0], steps=steps)
+        per = info[1] / info[0] if info[0] else SEC_PER_STEP_1T.get(item.arch, 1.5)
+        eta += max(steps - info[0], 0) * per
+    if missing:
+        eta += item.spectra_t * SEC_PER_SPECTRUM_T_1T + 120
+    out["eta_s"] = eta if missing else 0.0
+    out["state"] = "done" if not missing else ("partial" if out["step"] or len(missing) < len(item.cmds)
+                                               else "pending")
+    return out
+
+
+def _fmt_s(s):
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
+
+
+def print_status(cfg, items, statuses):
+    print(f"campaign for profile {cfg.name!r} ({len(items)} items, priority order):")
+    for i, (it, st) in enumerate(zip(items, statuses), 1):
+        prog = f" step {st['step']}/{st['steps']}" if st["steps"] and st["state"] != "done" else ""
+        eta = f", about {_fmt_s(st['eta_s'])} left at one thread" if st["state"] != "done" else ""
+        miss = f" [missing: {', '.join(st['missing'])}]" if st["missing"] else ""
+        print(f"  {i}. {it.key:<15} {st['state']:<8}{prog}{eta}{miss}  {it.title}")
+    left = sum(s["eta_s"] for s in statuses)
+    print(f"  total left: about {_fmt_s(left)} of one-thread work")
+
+
+def _ledger_path(cfg):
+    return store.results_root() / cfg.name / "campaign.json"
+
+
+def _log_ledger(cfg, entry):
+    """Append one item session (wall time, threads, load) to book/results/<profile>/campaign.json."""
+    from filelock import FileLock
+    p = _ledger_path(cfg)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(p) + ".lock"):
+        rows = json.loads(p.read_text()) if p.exists() else []
+        rows.append(entry)
+        store._atomic_write(p, lambda f: Path(f).write_text(json.dumps(rows, indent=1)))
+
+
+def _die_with_parent():
+    """Child processes get SIGTERM when the campaign dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def run_item(cfg, item, threads, deadline, log_dir):
+    """Run an item's commands as child processes; returns 'done' | 'deadline' | 'failed: ...'."""
+    import psutil
+    env = dict(os.environ, RANK1_DEADLINE=str(deadline), TQDM_MININTERVAL="30")
+    log = Path(log_dir) / f"{cfg.name}-{item.key}.log"
+    t0, load0 = time.time(), os.getloadavg()[0]
+    result = "done"
+    with open(log, "a") as f:
+        for c in item.cmds:
+            argv = [sys.executable, "-m", "rank1lib", "--threads", str(threads)] + c.argv(cfg.name)
+            f.write(f"\n$ {' '.join(argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+            f.flush()
+            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(store.REPO),
+                                    preexec_fn=_die_with_parent)
+            while proc.poll() is None:
+                if time.time() > deadline + 30:
+                    proc.send_signal(signal.SIGINT)
+                    try:
+                        proc.wait(60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                    result = "deadline"
+                    break
+                time.sleep(2)
+            if result == "deadline":
+                break
+            if proc.returncode == EXIT_DEADLINE:
+                result = "deadline"
+                break
+            if proc.returncode:
+                result = f"failed (exit {proc.returncode}; see {log})"
+                break
+    entry = {"item": item.key, "result": result, "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
+             "wall_s": round(time.time() - t0, 1), "threads": threads, "load_start": round(load0, 2),
+             "load_end": round(os.getloadavg()[0], 2), "cpu_count": psutil.cpu_count(),
+             "commit": store.git_commit()}
+    _log_ledger(cfg, entry)
+    return result, entry
+
+
+def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, log_dir=None):
+    """Run pending items (priority order) on `jobs` workers of `threads` threads until `hours` pass."""
+    from concurrent.futures import ThreadPoolExecutor
+    from filelock import FileLock, Timeout
+    cfg = load_profile(profile)
+    items = [i for i in fisher_items(cfg) if not only or i.key in only]
+    statuses = [item_status(cfg, i) for i in items]
+    print_status(cfg, items, statuses)
+    todo = [i for i, s in zip(items, statuses) if s["state"] != "done"]
+    if dry_run or not todo:
+        print("dry run: nothing started" if dry_run else "nothing to do: every item is done")
+        return 0
+    deadline = time.time() + hours * 3600
+    log_dir = Path(log_dir or store.REPO / "_build" / "campaign")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"running on {jobs} worker(s) x {threads} thread(s) until {time.strftime('%H:%M', time.localtime(deadline))}; "
+          f"logs in {log_dir}", flush=True)
+    queue = list(todo)
+
+    def worker(w):
+        while queue and time.time() < deadline - 60:
+            item = queue.pop(0)
+            lock = FileLock(str(store.results_root() / cfg.name / f"item-{item.key}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                print(f"[w{w}] {item.key}: another campaign holds it, skipped", flush=True)
+                continue
+            try:
+                print(f"[w{w}] {item.key}: started ({item.title})", flush=True)
+                result, e = run_item(cfg, item, threads, deadline, log_dir)
+                st = item_status(cfg, item)
+                prog = f", step {st['step']}/{st['steps']}" if st["steps"] else ""
+                print(f"[w{w}] {item.key}: {result} after {_fmt_s(e['wall_s'])}; now {st['state']}{prog}", flush=True)
+            finally:
+                lock.release()
+
+    (store.results_root() / cfg.name).mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(jobs) as ex:
+        list(ex.map(worker, range(jobs)))
+    print_status(cfg, items, [item_status(cfg, i) for i in items])
+    return 0

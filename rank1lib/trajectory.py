@@ -1,0 +1,87 @@
+"""The Fisher along training (beyond the paper; tests the "as the model converges" of Prop. 2 and
+Theorem 1): spectrum statistics at log-spaced weight snapshots of an analysis run, and the spread of
+the same statistics over re-initialised models.
+
+Each snapshot's statistics are stored as their own result, so an interrupted trajectory keeps what
+it finished; `trajectory` then assembles them in step order.
+"""
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from . import data, store
+from .analysis import TRAIN_KEYS, _conf, analysis_dir, analysis_net, spectrum_compute
+from .models import build_unet
+from .registry import experiment
+from .train import pick_device, snapshots
+
+TRAJ_T = [100, 300, 500, 700, 900]
+INIT_SEEDS = [100, 101, 102, 103, 104]
+ROW_KEYS = ("r", "share", "err_diag", "err_rank1", "err_best_rank1", "c_star", "mu_norm", "lam")
+
+
+def _summary(values, arrays):
+    """The per-t statistics of one spectrum plus a |cos(g, mu)| summary (median, 10th percentile)."""
+    cos = arrays["cos"]
+    return {k: values[k] for k in ROW_KEYS} | {
+        "cos_median": np.median(cos, axis=1).tolist(), "cos_p10": np.percentile(cos, 10, axis=1).tolist(),
+        "mu_cos": values["mu_cos"]}
+
+
+def _loss_near(losses, step, window=32):
+    """Mean training loss over the `window` steps before `step` (None at initialisation)."""
+    if step == 0 or not losses:
+        return None
+    part = losses[max(0, step - window):step]
+    return float(np.mean(part)) if part else None
+
+
+@experiment("trajectory", "Fisher spectrum at log-spaced snapshots of an analysis run (r_t along training)")
+def trajectory(cfg, dataset=None, seed=0, arch=None, progress=True):
+    """Spectrum statistics at t = 100, 300, ..., 900 (N = fisher_samples) for every stored snapshot."""
+    name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
+    n = cfg.fisher_samples
+    base = _conf(cfg, TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=TRAJ_T)
+    command = (f"python -m rank1lib run trajectory --profile {cfg.name} --dataset {name} --seed {seed} "
+               f"--set analysis_model={arch}")
+
+    def compute():
+        net, info, x, y = analysis_net(cfg, name, seed, arch, progress=progress)
+        losses = net.losses
+        _, ckpt = analysis_dir(cfg, name, seed, arch)
+        rows = []
+        for step, path in snapshots(ckpt / "snapshots").items():
+            def one(path=path):
+                net.load_state_dict(load_file(str(path)))
+                values, arrays = spectrum_compute(net, x, y, n, TRAJ_T, seed, progress)
+                return _summary(values, arrays), None, str(pick_device())
+            rec = store.load_or_compute(cfg.name, "trajectory", f"{name}-{arch}-s{seed}-step{step:06d}",
+                                        base | {"step": step}, one, **store.policy(cfg), command=command)
+            rows.append({"step": step, "loss": _loss_near(losses, step)} | rec.values)
+        return info | {"t": TRAJ_T, "n_samples": n, "rows": rows}, None, str(pick_device())
+
+    return store.load_or_compute(cfg.name, "trajectory", f"{name}-{arch}-s{seed}", base, compute,
+                                 **store.policy(cfg), command=command)
+
+
+@experiment("init_spread", "Fisher spectrum of re-initialised (untrained) models, several seeds")
+def init_spread(cfg, dataset=None, seed=0, arch=None, progress=True):
+    """The trajectory's statistics at initialisation for INIT_SEEDS fresh models of the same architecture."""
+    name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
+    n = cfg.fisher_samples
+    conf = _conf(cfg, ("train_per_class",), dataset=name, arch=arch, n=n, t=TRAJ_T, init_seeds=INIT_SEEDS)
+
+    def compute():
+        from .analysis import analysis_data
+        x, y = analysis_data(cfg, name)
+        spec = data.SPECS[name]
+        rows = []
+        for s in INIT_SEEDS:
+            torch.manual_seed(s)
+            net = build_unet(arch, spec.num_classes, spec.channels).to(pick_device()).eval()
+            values, arrays = spectrum_compute(net, x, y, n, TRAJ_T, s, progress)
+            rows.append({"init_seed": s} | _summary(values, arrays))
+        return {"arch": arch, "t": TRAJ_T, "n_samples": n, "rows": rows}, None, str(pick_device())
+
+    return store.load_or_compute(cfg.name, "init_spread", f"{name}-{arch}", conf, compute, **store.policy(cfg),
+                                 command=f"python -m rank1lib run init_spread --profile {cfg.name} --dataset {name}")

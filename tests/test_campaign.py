@@ -1,0 +1,119 @@
+"""Campaign plumbing: deadline stop and resume, NaN guard, snapshots, torn results, probing, status."""
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rank1lib import store
+from rank1lib.models import build_unet
+from rank1lib.profiles import load_profile
+from rank1lib.train import (DeadlineReached, NonFiniteLoss, load_checkpoint, snapshot_steps, snapshots,
+                            train)
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (24, 1, 32, 32), generator=g, dtype=torch.uint8), torch.arange(24) % 10
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return build_unet("tiny", 10)
+
+
+def test_snapshot_steps_are_log_spaced():
+    assert snapshot_steps(6400) == [0, 25, 50, 100, 200, 400, 800, 1600, 3200, 6400]
+    assert snapshot_steps(4) == [0, 4]
+
+
+def test_deadline_saves_checkpoint_and_resume_matches(tmp_path, monkeypatch):
+    cfg = load_profile("ci", batch_size=8, ckpt_every=0)
+    x, y = _data()
+    ref = _net()
+    out_ref = train(ref, x, y, cfg, steps=6, seed=1, progress=False)
+    monkeypatch.setenv("RANK1_DEADLINE", str(time.time() - 1))  # already passed: stop after one step
+    with pytest.raises(DeadlineReached, match="step 1/6"):
+        train(_net(), x, y, cfg, steps=6, seed=1, ckpt_dir=tmp_path, progress=False)
+    monkeypatch.delenv("RANK1_DEADLINE")
+    net = _net(seed=5)
+    out = train(net, x, y, cfg, steps=6, seed=1, ckpt_dir=tmp_path, progress=False)
+    assert out["losses"] == out_ref["losses"]
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), net.state_dict().values()))
+
+
+def test_non_finite_loss_stops_with_one_line(tmp_path):
+    cfg = load_profile("ci", batch_size=8, ckpt_every=0, lr=1e9)
+    x, y = _data()
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss .* at step \d+ .*learning rate 1e\+09"):
+        train(_net(), x, y, cfg, steps=60, seed=0, ckpt_dir=tmp_path, progress=False)
+
+
+def test_snapshots_hold_the_weights_of_their_step(tmp_path):
+    from safetensors.torch import load_file
+    cfg = load_profile("ci", batch_size=8, ckpt_every=0)
+    x, y = _data()
+    init = {k: v.clone() for k, v in _net().state_dict().items()}
+    net = _net()
+    train(net, x, y, cfg, steps=3, seed=0, progress=False, snapshot_dir=tmp_path, snapshot_at=[0, 3])
+    snaps = snapshots(tmp_path)
+    assert sorted(snaps) == [0, 3]
+    s0, s3 = load_file(str(snaps[0])), load_file(str(snaps[3]))
+    assert all(torch.equal(s0[k], init[k]) for k in init)
+    assert all(torch.equal(s3[k], v) for k, v in net.state_dict().items())
+
+
+def test_corrupt_checkpoint_is_set_aside_and_old_one_used(tmp_path, capsys):
+    cfg = load_profile("ci", batch_size=8, ckpt_every=2)
+    x, y = _data()
+    train(_net(), x, y, cfg, steps=4, seed=0, ckpt_dir=tmp_path, progress=False)
+    (tmp_path / "last" / "trainer.pt").write_bytes(b"truncated")
+    step, losses, _ = load_checkpoint(_net(), None, tmp_path)
+    assert step == 0 and losses == []
+    assert "unreadable" in capsys.readouterr().err
+    assert list(tmp_path.glob("last.bad-*"))  # moved aside, not deleted
+
+
+def test_torn_result_is_detected_and_set_aside(tmp_store):
+    store.save("ci", "e", "n", {"k": 1}, {"v": 1.0}, {"a": np.arange(3)})
+    assert store.load("ci", "e", "n", {"k": 1}) is not None
+    d = store.result_dir("ci", "e")
+    with open(d / "n.npz", "wb") as f:  # a newer array file beside the old record: torn
+        np.savez(f, a=np.arange(5))
+    assert store.load("ci", "e", "n", {"k": 1}) is None
+    assert list(d.glob("n.json.bad-*")) and list(d.glob("n.npz.bad-*"))
+
+
+def test_results_never_hold_nan_tokens(tmp_store):
+    store.save("ci", "e", "nan", {}, {"x": float("nan"), "y": [1.0, float("inf")], "z": np.float32(2)})
+    text = (store.result_dir("ci", "e") / "nan.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["values"] == {"x": None, "y": [1.0, None], "z": 2.0}
+
+
+def test_cli_only_profile_is_pending_in_notebooks(tmp_store):
+    with pytest.raises(store.ResultPending, match="campaign --profile cpu"):
+        store.load_or_compute("cpu", "e", "n", {}, lambda: ({}, None), cli_only=True)
+    with store.probing(), pytest.raises(store.ResultPending):
+        store.load_or_compute("ci", "e", "n", {}, lambda: ({}, None))
+    store.allow_cli_only(True)
+    try:
+        assert store.load_or_compute("cpu", "e", "n", {}, lambda: ({"v": 1}, None), cli_only=True).values == {"v": 1}
+    finally:
+        store.allow_cli_only(False)
+
+
+def test_campaign_status_follows_the_store(tmp_store):
+    from rank1lib import campaign
+    cfg = load_profile("ci")
+    items = {i.key: i for i in campaign.fisher_items(cfg)}
+    vae = items["vae"]
+    assert campaign.item_status(cfg, vae)["state"] == "pending"
+    from rank1lib.analysis import vae_share
+    vae_share(cfg, progress=False)
+    assert campaign.item_status(cfg, vae)["state"] == "done"
+    base = items["base-s0"]
+    st = campaign.item_status(cfg, base)
+    assert st["state"] == "pending" and st["missing"] == ["spectrum", "tweedie", "trajectory"]

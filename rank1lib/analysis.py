@@ -57,7 +57,8 @@ def analysis_net(cfg, name, seed, arch, max_steps=None, progress=True):
     info = {"arch": arch, "params": n_params(net), "train_steps": out["steps"], "n_train": len(x),
             "final_loss": float(np.mean(losses[-20:])) if losses else None,
             "train_seconds": out.get("train_seconds"), "threads": torch.get_num_threads(),
-            "state": str(ckpt.relative_to(store.REPO)) if ckpt.is_relative_to(store.REPO) else str(ckpt)}
+            "state": str(ckpt.relative_to(store.results_root())) if ckpt.is_relative_to(store.results_root())
+            else ckpt.name}
     net.losses = losses
     return net.eval(), info, x, y
 

@@ -4,8 +4,8 @@ import json
 import os
 import sys
 
-from . import data, store
-from .profiles import PROFILES, ConfigError, load_profile, parse_sets
+from . import bench, data, store
+from .profiles import PROFILES, ConfigError, check_seed, load_profile, parse_sets
 from .registry import load_all
 
 def cmd_list(_args):
@@ -15,14 +15,16 @@ def cmd_list(_args):
         print(f"  {k:<18} {fn.help}")
     print("profiles:")
     for p in PROFILES:
-        print(f"  {p:<18} {load_profile(p).description}")
+        try:
+            print(f"  {p:<18} {load_profile(p).description}")
+        except ConfigError as e:
+            print(f"  {p:<18} unusable: {e}")
     print("datasets:")
     for d in data.DATASETS:
         try:
-            data.load(d)
-            state = "available"
-        except data.DataMissing:
-            state = "missing: " + data.SPECS[d].fetch
+            state = "available" if data.available(d) else "missing: " + data.SPECS[d].fetch
+        except OSError as e:
+            state = f"unreadable ({e})"
         print(f"  {d:<18} {state}")
     print("results in store:")
     root = store.results_root()
@@ -42,6 +44,10 @@ def cmd_run(args):
     if args.dataset:
         sets["dataset"] = args.dataset
     cfg = load_profile(args.profile, **sets)
+    check_seed(args.seed)
+    from .train import state_root
+    store.check_writable(store.results_root())
+    store.check_writable(state_root(cfg))
     kw = {"method": args.method} if args.method else {}
     rec = exps[args.experiment](cfg, cfg.dataset, args.seed, **kw)
     recs = rec if isinstance(rec, list) else [rec]
@@ -62,8 +68,12 @@ def cmd_bench(args):
     if args.name not in bench.load_all():
         raise ConfigError(f"unknown benchmark {args.name!r}; valid: {', '.join(bench.BENCHES)}")
     cfg = load_profile(args.profile, **parse_sets(args.set))
-    rec = bench.stored_or_run(args.name, cfg) if args.store else None
-    rows, summary = (rec.values["rows"], rec.values["summary"]) if rec else bench.BENCHES[args.name](cfg)
+    store.allow_cli_only(True)
+    rec = bench.stored_or_run(args.name, cfg, force=args.force) if args.store else None
+    rows, summary = (rec.values["rows"], rec.values["summary"]) if rec else bench.measured(args.name, cfg)
+    if summary.get("contended"):
+        print("warning: other processes were busy during this benchmark; its times are not quiet-machine "
+              "times", file=sys.stderr)
     bench.print_table(rows)
     if args.json:
         print(json.dumps(summary))
@@ -74,6 +84,17 @@ def cmd_campaign(args):
     store.allow_cli_only(True)
     return campaign(args.profile, hours=args.hours, jobs=args.jobs, threads=args.worker_threads,
                     dry_run=args.dry_run, only=args.only)
+
+
+def cmd_claims(args):
+    from . import claims
+    rows = claims.ledger(args.profile)
+    if not args.json:
+        for r in rows:
+            print(f"{r['id']:<4} {r['verdict']:<13} {r['where']:<10} {r['ours'] or r.get('why_pending', '')}")
+        print(f"profile {args.profile}: {claims.summary_line(rows)}")
+    else:
+        print(json.dumps({"profile": args.profile, "claims": rows}, default=str))
 
 
 def set_threads(n):
@@ -106,6 +127,10 @@ def parser():
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
     b.add_argument("--json", action="store_true")
     b.add_argument("--store", action="store_true", help="keep the result in the store (the book's performance page reads it)")
+    b.add_argument("--force", action="store_true", help="store it even if the machine was busy (marked contended)")
+    k = sub.add_parser("claims", help="the paper's claims with verdicts from stored results")
+    k.add_argument("--profile", default="cpu")
+    k.add_argument("--json", action="store_true")
     c = sub.add_parser("campaign", help="build a profile's committed tier, resumably, within a time budget")
     c.add_argument("--profile", default="cpu")
     c.add_argument("--hours", type=float, default=1.0, help="stop cleanly (checkpoints) after this long")
@@ -122,15 +147,16 @@ def main(argv=None):
     set_threads(args.threads)
     try:
         rc = {"list": cmd_list, "run": cmd_run, "fetch": cmd_fetch, "bench": cmd_bench,
-              "campaign": cmd_campaign}[args.cmd](args)
+              "campaign": cmd_campaign, "claims": cmd_claims}[args.cmd](args)
     except DeadlineReached as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
-    except (ConfigError, data.DataMissing, store.ResultPending, NonFiniteLoss, ValueError) as e:
-        if args.debug:
+    except (ConfigError, data.DataMissing, store.ResultPending, NonFiniteLoss, ValueError, OSError,
+            bench.Contended) as e:
+        if args.debug or os.environ.get("RANK1_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

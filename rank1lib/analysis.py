@@ -4,7 +4,10 @@ appendix C (VAE) and the 35.7M-parameter cl UNet's spectrum (beyond the paper).
 Every analysis model is a class-conditional UNet trained with train.train on all classes of the
 dataset (appendix D: Adam, lr 2e-4, batch 128, 200 epochs at the paper profile).
 """
+import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,12 +33,45 @@ def analysis_data(cfg, name):
                           classes=list(range(spec.num_classes)))
 
 
+def second_dataset_cfg(cfg, name):
+    """The profile for the analysis on a second dataset. At the cpu tier a class-balanced subset of
+    400 images per class (mnist-5k's training size), so the run has the same optimiser step count."""
+    over = {"dataset": name} | ({"train_per_class": 400} if cfg.name == "cpu" else {})
+    return Config(cfg, **over)
+
+
 def analysis_dir(cfg, name, seed, arch, max_steps=None):
     """Training-state folder of one analysis run (checkpoint `last/`, `snapshots/`)."""
     acfg = Config(cfg, epochs=cfg.analysis_epochs,
                   max_steps=cfg.analysis_max_steps if max_steps is None else max_steps)
     conf = {k: acfg[k] for k in ("epochs", "max_steps", "batch_size", "lr", "train_per_class", "amp")}
     return acfg, state_root(cfg) / "analysis" / f"{name}-{arch}-s{seed}-{store.config_hash(conf)}"
+
+
+def _seed_from_shorter_run(ckpt, conf):
+    """Start a longer run from the longest shorter run of the same settings (only `epochs` differs).
+
+    Exact: the batch, t and noise of step s depend only on (seed, s), so training on from a 200-epoch
+    checkpoint gives the same weights as an 800-epoch run from scratch; the snapshots carry over too."""
+    import json
+    import shutil
+    if (ckpt / "last").exists():
+        return
+    candidates = []
+    for other in ckpt.parent.glob(ckpt.name.rsplit("-", 1)[0] + "-*"):
+        try:
+            oc = json.loads((other / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        same = {k: v for k, v in oc.items() if k != "epochs"} == {k: v for k, v in conf.items() if k != "epochs"}
+        if same and conf["max_steps"] == 0 and oc["epochs"] < conf["epochs"] and (other / "last").exists():
+            candidates.append((oc["epochs"], other))
+    if candidates:
+        epochs, src = max(candidates)
+        shutil.copytree(src / "last", ckpt / "last")
+        if (src / "snapshots").exists():
+            shutil.copytree(src / "snapshots", ckpt / "snapshots", dirs_exist_ok=True)
+        print(f"continuing from the {epochs}-epoch run in {src.name}", file=sys.stderr)
 
 
 def analysis_net(cfg, name, seed, arch, max_steps=None, progress=True):
@@ -50,6 +86,11 @@ def analysis_net(cfg, name, seed, arch, max_steps=None, progress=True):
     steps = steps_for(acfg, len(x))
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ckpt) + ".lock"):
+        conf = {k: acfg[k] for k in ("epochs", "max_steps", "batch_size", "lr", "train_per_class", "amp")}
+        _seed_from_shorter_run(ckpt, conf)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        if not (ckpt / "run.json").exists():
+            store.atomic_write(ckpt / "run.json", lambda p: Path(p).write_text(json.dumps(conf)))
         out = train(net, x, y, acfg, steps=steps, seed=seed, ckpt_dir=ckpt,
                     desc=f"train {arch} on {name}", progress=progress, device=pick_device(),
                     snapshot_dir=ckpt / "snapshots", snapshot_at=snapshot_steps(steps))

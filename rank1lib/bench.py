@@ -3,6 +3,7 @@
 Benchmarks register with @benchmark(name) in their own modules, listed in MODULES.
 """
 import importlib
+import os
 import time
 
 BENCHES = {}
@@ -35,17 +36,112 @@ def print_table(rows):
         print("  ".join(fmt(r.get(c, "")).ljust(width[c]) for c in cols))
 
 
-def stored_or_run(name, cfg):
+CONTENDED_CPU_PERCENT = 25.0  # other processes using more than a quarter of one core
+
+
+class Contended(RuntimeError):
+    """A benchmark ran while other processes used the CPU; it is not stored as a result."""
+
+
+def cpu_flags():
+    """The SIMD/matrix flags of this CPU that decide kernel choices (from /proc/cpuinfo)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return []
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    return sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
+
+
+def machine_state(sample_s=0.5):
+    """Load average, CPU use of other processes (psutil, sampled over sample_s), threads, flags."""
+    import psutil
+    import torch
+    me = psutil.Process()
+    mine = {me.pid} | {c.pid for c in me.children(recursive=True)}
+    procs = [p for p in psutil.process_iter(["pid", "name"]) if p.pid not in mine]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(sample_s)
+    busy = []
+    for p in procs:
+        try:
+            c = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if c > 1.0:
+            busy.append((c, p.info["name"]))
+    return {"load_avg_1m": round(os.getloadavg()[0], 2), "other_cpu_percent": round(sum(c for c, _ in busy), 1),
+            "busiest_other": [f"{n} {c:.0f}%" for c, n in sorted(busy, reverse=True)[:3]],
+            "threads": torch.get_num_threads(), "cpu_count": psutil.cpu_count(), "cpu_flags": cpu_flags()}
+
+
+def measured(name, cfg):
+    """Run benchmark `name` between two machine-state samples; the summary says whether it was contended."""
+    load_all()
+    before = machine_state()
+    t0 = time.time()
+    rows, summary = BENCHES[name](cfg)
+    after = machine_state()
+    summary.setdefault("seconds", time.time() - t0)
+    summary["contended"] = max(before["other_cpu_percent"], after["other_cpu_percent"]) > CONTENDED_CPU_PERCENT
+    summary["machine"] = {"before": before, "after": after}
+    summary["threads"] = after["threads"]
+    return rows, summary
+
+
+def stored_or_run(name, cfg, force=False):
     """The stored result of benchmark `name` at this profile, or run it now and store it."""
     from . import store
     load_all()
     conf = dict(cfg)
 
     def compute():
-        t0 = time.time()
-        rows, summary = BENCHES[name](cfg)
-        summary.setdefault("seconds", time.time() - t0)
+        rows, summary = measured(name, cfg)
+        if summary["contended"] and not force:
+            m = summary["machine"]
+            raise Contended(f"benchmark {name!r} ran on a busy machine (other processes used "
+                               f"{max(m['before']['other_cpu_percent'], m['after']['other_cpu_percent']):.0f}% "
+                               f"of a core: {', '.join(m['after']['busiest_other'] or m['before']['busiest_other'])}); "
+                               f"not stored. Rerun on a quiet machine, or pass --force to store it marked contended")
         return {"rows": rows, "summary": summary}, None, summary.get("device")
 
     return store.load_or_compute(cfg.name, "bench", name, conf, compute, **store.policy(cfg),
                                  command=f"python -m rank1lib bench {name} --profile {cfg.name} --json")
+
+
+def conditions_line(summary) -> str:
+    """How quiet the machine was during a stored benchmark (older results did not record it)."""
+    m = summary.get("machine")
+    if not m:
+        return "machine load during this benchmark: not recorded (measured before load recording existed)"
+    b, a = m["before"], m["after"]
+    state = "CONTENDED: other processes were busy, times are not quiet-machine times" if summary.get("contended") \
+        else "quiet machine"
+    return (f"{state}; load average {b['load_avg_1m']} -> {a['load_avg_1m']}, other processes "
+            f"{max(b['other_cpu_percent'], a['other_cpu_percent']):.0f}% of a core; {a['threads']} torch threads "
+            f"on {a['cpu_count']} cores; CPU flags {' '.join(a['cpu_flags']) or '-'}")
+
+
+def goal_table(items, overheads=()):
+    """Rows (measure, ours, goal, goal met?) for a summary; items are (measure, value, op, target).
+
+    Numbers get 3 significant digits; an overhead in `overheads` that comes out negative is reported
+    as measurement noise (a penalty cannot make a step faster)."""
+    import operator
+    ops = {"<=": operator.le, ">=": operator.ge, ">": operator.gt, "<": operator.lt}
+    rows = []
+    for measure, value, op, target in items:
+        if value is None:
+            ours, met = "not measured", "-"
+        else:
+            ours = f"{value:.3g}"
+            if measure in overheads and value < 0:
+                ours += " (negative: noise, i.e. about 0)"
+            met = "-" if op is None else ("yes" if ops[op](value, target) else "**no**")
+        rows.append({"measure": measure, "ours": ours, "goal": "" if op is None else f"{op} {target:g}",
+                     "goal met?": met})
+    return rows

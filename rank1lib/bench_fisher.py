@@ -17,7 +17,7 @@ from .models import build_unet, n_params
 from .store import REPO, device_name
 from .train import pick_device
 
-# Dense F is P x P float64 (8 P^2 bytes): the P ~ 1e5 would need 80 GB, so the dense
+# Dense F is P x P float64 (8 P^2 bytes): P ~ 1e5 would need 80 GB, so the dense
 # comparison uses the gradient block of the first P_DENSE parameters of the analysis model.
 P_DENSE = {"ci": 1500, "quick": 3000, "gpu": 30000, "paper": 30000}
 
@@ -122,7 +122,7 @@ def bench_fisher(cfg):
         {"measure": "Gram path time (s)", "value": gd["t_gram"], "goal": "", "setting": "K = G G^T/N + eigvalsh(K)"},
         {"measure": "dense path time (s)", "value": gd["t_dense"], "goal": "", "setting": "F = G^T G/N + eigvalsh(F)"},
         {"measure": "Gram vs dense speed-up", "value": gd["t_dense"] / gd["t_gram"], "goal": ">= 100x",
-         "setting": f"P = {gd['P']} (the issue's P ~ 1e5 needs 80 GB for dense F)"},
+         "setting": f"P = {gd['P']} (dense F at the base model's P ~ 1.5e5 would need 180 GB)"},
         {"measure": "mu: batched vs loop (max abs. err. / max |mu|)", "value": bl["mu_err"], "goal": "<= 1e-5",
          "setting": f"{cfg.analysis_model}, N = {bl['N']} (x0, t, noise) joint samples"},
         {"measure": "c*: batched vs loop (rel. err.)", "value": bl["c_err"], "goal": "<= 1e-5", "setting": ""},

@@ -38,11 +38,47 @@ def banner(cfg):
         print(banner_text(cfg))
 
 
+def note(text, kind="note"):
+    """A highlighted note on the page (a Markdown quote block; plain text outside a notebook)."""
+    try:
+        from IPython.display import Markdown, display
+        display(Markdown("> " + ("⚠ " if kind == "warning" else "") + text))
+    except ImportError:
+        print(f"{kind}: {text}")
+
+
+def stored(fn, cfg, *args, **kw):
+    """An experiment's result (computed here unless the profile is cli_only), or None with a
+    'pending' note naming the command that computes it."""
+    from .data import DataMissing
+    from .store import ResultPending
+    try:
+        return fn(cfg, *args, **kw)
+    except DataMissing as e:
+        note(f"**Data missing on this machine**, so the cells that need this result are skipped: {e}", "warning")
+        return None
+    except ResultPending as e:
+        msg = str(e).split("; ", 1)[-1]
+        note(f"**Pending at profile `{cfg.name}`.** This result is not in the committed store yet, so the "
+             f"cells that need it are skipped. {msg}", "warning")
+        return None
+
+
+def show_provenance(rec):
+    """The provenance line of a stored result as wrapped Markdown under a figure or table."""
+    try:
+        from IPython.display import Markdown, display
+        display(Markdown(f"*Source:* {provenance_line(rec)}"))
+    except ImportError:
+        print(provenance_line(rec))
+
+
 def provenance_line(rec) -> str:
     """One line naming the device, commit, date and wall time that produced a stored result."""
     p = rec["provenance"]
     wall = f", {p['wall_s']:.0f} s" if p.get("wall_s") else ""
-    return (f"{rec['experiment']}/{rec['name']} [{rec['profile']}]: computed on {p['device']}, commit "
+    threads = f" ({p['threads']} threads)" if p.get("threads") else ""
+    return (f"{rec['experiment']}/{rec['name']} [{rec['profile']}]: computed on {p['device']}{threads}, commit "
             f"{p['commit']}, {p['date']}{wall}")
 
 
@@ -53,8 +89,8 @@ def execute(notebooks, profile, out):
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for terminals, not rendered pages
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for nb in notebooks:
-        nb = Path(nb)
+    # the claims ledger (00_*) reads what the chapters store, so it runs after them
+    for nb in sorted(map(Path, notebooks), key=lambda p: (p.name.startswith("00_"), p.name)):
         print(f"executing {nb.name} at profile {profile}", flush=True)
         pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": profile},
                             cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
@@ -68,6 +104,13 @@ def stage(profile, executed):
     for f in ("_config.yml", "_toc.yml", "references.bib"):
         if (REPO / f).exists():
             shutil.copy(REPO / f, site / f)
+    mathjax = REPO / "_build" / "mathjax"
+    if (mathjax / "tex-chtml.js").exists():  # offline math: serve the local MathJax (make mathjax)
+        shutil.copytree(mathjax, site / "_static" / "mathjax")
+        text = (site / "_config.yml").read_text()
+        text = text.replace("  config:\n", "  config:\n    mathjax_path: mathjax/tex-chtml.js\n"
+                                           "    html_static_path: [_static]\n", 1)
+        (site / "_config.yml").write_text(text)
     for f in (REPO / "book").iterdir():
         if f.suffix in (".md", ".png", ".bib"):
             shutil.copy(f, site / "book" / f.name)
@@ -92,7 +135,12 @@ def main(argv=None):
     s.add_argument("--profile", required=True)
     s.add_argument("--executed", required=True)
     a = p.parse_args(argv)
-    load_profile(a.profile)
+    from .profiles import ConfigError
+    try:
+        load_profile(a.profile)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if a.cmd == "execute":
         execute(a.notebooks, a.profile, a.out)
     else:

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from .profiles import Config, load_profile
 SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6}
 SEC_PER_SPECTRUM_T_1T = 42.0  # one timestep of the Gram path, base UNet, N = 1024, one thread
 EXIT_DEADLINE = 3
+_STOP = threading.Event()  # set by Ctrl-C / SIGTERM: children are asked to checkpoint and stop
 
 
 @dataclass
@@ -72,17 +74,26 @@ def fisher_items(cfg) -> list:
             cmds.append(Cmd("trajectory", dataset, seed, sets))
         items.append(Item(key, title, cmds, arch, dataset, seed, sets, nt + (50 if trajectory else 0)))
 
-    run_item("base-s0", "base UNet, mnist-5k, seed 0 (Fig. 1, 2, 3; trajectory)", "base", trajectory=True)
+    run_item("base-s0", "base UNet, mnist-5k, seed 0 (Fig. 1, 2, 3; trajectory; chapter-1 samples)", "base",
+             trajectory=True)
+    items[-1].cmds.append(Cmd("train", None, 0, {"model": "base"}))
     # the two short items first, so that a second worker finishes them in the first sitting
     items.append(Item("vae", "VAE, beta = 1 and 1e-3 (App. C)", [Cmd("vae")]))
     items.append(Item("init-spread", "base UNet at initialisation, 5 seeds (trajectory controls)",
                       [Cmd("init_spread")], spectra_t=25))
     run_item("small3-s0", "Small-3 UNet, mnist-5k, seed 0 (Fig. 6)", "small3")
     run_item("small1-s0", "Small-1 UNet, mnist-5k, seed 0 (Fig. 6)", "small1")
-    run_item("base-fmnist-s0", "base UNet, Fashion-MNIST 400 per class, seed 0 (beyond the paper)", "base",
-             dataset="fmnist", sets={"train_per_class": 400})
+    from .analysis import second_dataset_cfg
+    fm = second_dataset_cfg(cfg, "fmnist")
+    run_item("base-fmnist-s0", f"base UNet, Fashion-MNIST {fm.train_per_class or 'all'} per class, seed 0 "
+             "(beyond the paper)", "base", dataset="fmnist",
+             sets={k: fm[k] for k in ("train_per_class",) if fm[k] != cfg[k]})
     run_item("base-s1", "base UNet, mnist-5k, seed 1 (error bars)", "base", seed=1, trajectory=True)
     run_item("base-s2", "base UNet, mnist-5k, seed 2 (error bars)", "base", seed=2, trajectory=True)
+    longer = {"analysis_model": "base", "analysis_epochs": 4 * cfg.analysis_epochs}
+    items.append(Item("base-s0-x4", f"base UNet, mnist-5k, seed 0 continued to {4 * cfg.analysis_epochs} epochs "
+                      "(trajectory; lowest priority)", [Cmd("trajectory", None, 0, longer)], "base", None, 0,
+                      longer, 20))
     return items
 
 
@@ -153,7 +164,7 @@ def _log_ledger(cfg, entry):
     with FileLock(str(p) + ".lock"):
         rows = json.loads(p.read_text()) if p.exists() else []
         rows.append(entry)
-        store._atomic_write(p, lambda f: Path(f).write_text(json.dumps(rows, indent=1)))
+        store.atomic_write(p, lambda f: Path(f).write_text(json.dumps(rows, indent=1)))
 
 
 def _die_with_parent():
@@ -177,19 +188,20 @@ def run_item(cfg, item, threads, deadline, log_dir):
             argv = [sys.executable, "-m", "rank1lib", "--threads", str(threads)] + c.argv(cfg.name)
             f.write(f"\n$ {' '.join(argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
             f.flush()
+            # own session: a terminal Ctrl-C reaches only the campaign, which forwards exactly one SIGINT
             proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(store.REPO),
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=_die_with_parent, start_new_session=True)
             while proc.poll() is None:
-                if time.time() > deadline + 30:
+                if _STOP.is_set() or time.time() > deadline + 30:
                     proc.send_signal(signal.SIGINT)
                     try:
                         proc.wait(60)
                     except subprocess.TimeoutExpired:
                         proc.kill()
-                    result = "deadline"
+                    result = "stopped" if _STOP.is_set() else "deadline"
                     break
                 time.sleep(2)
-            if result == "deadline":
+            if result in ("deadline", "stopped"):
                 break
             if proc.returncode == EXIT_DEADLINE:
                 result = "deadline"
@@ -225,7 +237,7 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
     queue = list(todo)
 
     def worker(w):
-        while queue and time.time() < deadline - 60:
+        while queue and time.time() < deadline - 60 and not _STOP.is_set():
             item = queue.pop(0)
             lock = FileLock(str(store.results_root() / cfg.name / f"item-{item.key}.lock"))
             try:
@@ -243,7 +255,14 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
                 lock.release()
 
     (store.results_root() / cfg.name).mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(jobs) as ex:
-        list(ex.map(worker, range(jobs)))
+    _STOP.clear()
+    on_signal = lambda signum, frame: (_STOP.set(), print("stopping: items save a checkpoint and end", flush=True))  # noqa: E731
+    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ThreadPoolExecutor(jobs) as ex:
+            list(ex.map(worker, range(jobs)))
+    finally:
+        for sig, h in saved.items():
+            signal.signal(sig, h)
     print_status(cfg, items, [item_status(cfg, i) for i in items])
     return 0

@@ -14,9 +14,11 @@ interrupted run resumed later ends with the same numbers as an uninterrupted one
 """
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from . import data, ewc, fid, fisher, replay, store
@@ -32,7 +34,7 @@ RECIPES = {"finetune": (None, False), "diag": ("diag", False), "rank1": ("rank1"
            "rankk-gd": ("rankk", True)}
 TRAIN_KEYS = ("model", "epochs", "max_steps", "train_per_class", "batch_size", "lr", "amp", "compile")
 METHOD_KEYS = ("lam", "replay_per_class", "ddim_steps", "mu_samples", "rank_k", "power_iters")
-EVAL_KEYS = ("ddim_steps", "fid_per_class", "fid_extractor")
+EVAL_KEYS = ("ddim_steps", "fid_per_class", "fid_extractor", "sample_batch")  # noise is drawn per batch
 
 
 def check_method(method):
@@ -61,28 +63,31 @@ def lineage(cfg, method, k):
     keys = {"lam": cfg.lam} if kind else {}
     keys |= {"mu_samples": cfg.mu_samples} if kind else {}
     keys |= {"rank_k": cfg.rank_k, "power_iters": cfg.power_iters} if kind == "rankk" else {}
-    keys |= {"replay_per_class": cfg.replay_per_class, "ddim_steps": cfg.ddim_steps} if gd else {}
+    keys |= {"replay_per_class": cfg.replay_per_class, "ddim_steps": cfg.ddim_steps,
+             "sample_batch": cfg.sample_batch} if gd else {}
     return f"{method}-{store.config_hash(keys)}"
 
 
 def _save_pt(obj, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    store.atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def _save_json(obj, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
+    store.atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj)))
+
+
+def _load(path, as_json):
+    return json.loads(path.read_text()) if as_json else torch.load(path, weights_only=False)
 
 
 def cached(path, compute, as_json=False):
-    """Load path if present, else compute(), save atomically and return it."""
+    """Load path if present and readable, else compute(), save atomically and return it. An
+    unreadable file is moved aside (one line on stderr) and recomputed."""
     if path.exists():
-        return json.loads(path.read_text()) if as_json else torch.load(path, weights_only=False)
+        try:
+            return _load(path, as_json)
+        except Exception as e:  # noqa: BLE001 - truncated or foreign file: recompute
+            store.set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     obj = compute()
     (_save_json if as_json else _save_pt)(obj, path)
     return obj
@@ -198,7 +203,10 @@ def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, prog
     if out.get("interrupted"):
         return None
     if info_file.exists():
-        return json.loads(info_file.read_text())
+        try:
+            return json.loads(info_file.read_text())
+        except ValueError as e:
+            store.set_aside(info_file, f"not JSON: {e}")
     tail = out["losses"][-max(1, steps // 5):]
     info = {"steps": steps, "seconds": time.time() - t0, "n_train": len(x),
             "final_loss": float(np.mean(tail)) if tail else None}
@@ -225,40 +233,44 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
         x, y = data.task_data(ds, 0, "train", per_class=per, classes=sorted(c for t in tasks for c in t))
         d = root / "joint"
         stop = stop_at[1] if stop_at else None
-        inf = train_task(net, x, y, cfg, d, seed, 99, None, f"joint ({T} tasks at once)", stop, device, progress)
-        if inf is None:
-            return None
-        M[-1] = cached(d / f"fid-{eval_tag(cfg)}.json", lambda: ev.row(net, T - 1), as_json=True)
-        info.append(inf)
-        shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
+        d.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(d) + ".lock"):
+            inf = train_task(net, x, y, cfg, d, seed, 99, None, f"joint ({T} tasks at once)", stop, device, progress)
+            if inf is None:
+                return None
+            M[-1] = cached(d / f"fid-{eval_tag(cfg)}.json", lambda: ev.row(net, T - 1), as_json=True)
+            info.append(inf)
+            shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
         return summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid)
     kind, gd = RECIPES[method]
     pen = ewc.make_penalty(kind, cfg.lam) if kind else None
     distill = None
     for k in tqdm(range(T), desc=f"{method} on {dataset} (seed {seed})", disable=not progress, leave=False):
         d = root / lineage(cfg, method, k) / f"task{k + 1}"
-        x, y = data.task_data(ds, k, "train", per_class=per)
-        stop = stop_at[1] if stop_at and stop_at[0] == k else None
-        inf = train_task(net, x, y, cfg, d, seed, k, combine(pen, distill),
-                         f"{method} task {k + 1}/{T}", stop, device, progress)
-        if inf is None:
-            return None
-        info.append(inf)
-        M[k, :k + 1] = cached(d / f"fid-{eval_tag(cfg)}.json", lambda: ev.row(net, k), as_json=True)
-        shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
-        if k == T - 1:
-            break
-        if kind:
-            st = cached(d / f"stats-{stat_name(cfg, kind)}.pt",
-                        lambda: task_statistics(kind, net, x, y, cfg, seed * 1_000 + k))
-            add_to_penalty(pen, kind, net, st)
-        if gd:
-            classes = [c for t in tasks[:k + 1] for c in t]
-            pool = cached(d / f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}.pt",
-                          lambda: replay.make_pool(net, classes, cfg.replay_per_class, cfg.ddim_steps,
-                                                   seed * 1_000 + k, cfg.sample_batch,
-                                                   switch(cfg.amp, device), progress))
-            distill = replay.Distillation(replay.frozen_copy(net), pool[0], pool[1], cfg.batch_size)
+        d.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(d) + ".lock"):  # concurrent methods share task 1 (lineage 'shared') safely
+            x, y = data.task_data(ds, k, "train", per_class=per)
+            stop = stop_at[1] if stop_at and stop_at[0] == k else None
+            inf = train_task(net, x, y, cfg, d, seed, k, combine(pen, distill),
+                             f"{method} task {k + 1}/{T}", stop, device, progress)
+            if inf is None:
+                return None
+            info.append(inf)
+            M[k, :k + 1] = cached(d / f"fid-{eval_tag(cfg)}.json", lambda: ev.row(net, k), as_json=True)
+            shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
+            if k == T - 1:
+                break
+            if kind:
+                st = cached(d / f"stats-{stat_name(cfg, kind)}.pt",
+                            lambda: task_statistics(kind, net, x, y, cfg, seed * 1_000 + k))
+                add_to_penalty(pen, kind, net, st)
+            if gd:
+                classes = [c for t in tasks[:k + 1] for c in t]
+                pool = cached(d / f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}.pt",
+                              lambda: replay.make_pool(net, classes, cfg.replay_per_class, cfg.ddim_steps,
+                                                       seed * 1_000 + k, cfg.sample_batch,
+                                                       switch(cfg.amp, device), progress))
+                distill = replay.Distillation(replay.frozen_copy(net), pool[0], pool[1], cfg.batch_size)
     return summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid)
 
 

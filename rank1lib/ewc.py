@@ -141,7 +141,8 @@ def rank_k_fisher(model, x0_uint8, y, k, iters, n_samples, seed, chunk=32):
     """Top-k eigenpairs of the empirical Fisher E[g g^T] by stochastic power iteration (app. E.4.1).
 
     Each iteration multiplies by F estimated on a fresh joint sample (x0, t, eps) of n_samples and
-    re-orthonormalises (QR); eigenvalues are Rayleigh quotients on one more fresh sample.
+    re-orthonormalises (QR); a final Rayleigh-Ritz step on one more fresh sample rotates V to the
+    eigenvectors of V^T F V, so the stored pairs have no cross terms (V^T F V = diag(s) there).
     Returns V (P, k) float32 with orthonormal columns and s (k,) in decreasing order.
     """
     P = sum(p.numel() for p in _params(model))
@@ -151,6 +152,7 @@ def rank_k_fisher(model, x0_uint8, y, k, iters, n_samples, seed, chunk=32):
         V, _ = torch.linalg.qr(_fisher_times(model, V, *fisher.joint_samples(
             x0_uint8, y, n_samples, seed * 1_000 + it + 1), chunk))
     FV = _fisher_times(model, V, *fisher.joint_samples(x0_uint8, y, n_samples, seed * 1_000), chunk)
-    s = (V * FV).sum(0)
+    H = V.T @ FV
+    s, U = torch.linalg.eigh((H + H.T) / 2)  # Ritz values (ascending) and rotation
     order = torch.argsort(s, descending=True)
-    return V[:, order].float(), s[order].float()
+    return (V @ U[:, order]).float(), s[order].clamp_min(0).float()

@@ -52,14 +52,21 @@ def train_run(cfg, dataset=None, seed=0, model=None, progress=True):
         spec = data.SPECS[name]
         x, y = data.task_data(ds, 0, "train", per_class=cfg.train_per_class or None,
                               classes=list(range(spec.num_classes)))
-        torch.manual_seed(seed)
-        net = build_unet(arch, spec.num_classes, spec.channels)
-        ckpt = ckpt_root() / cfg.name / "train" / f"{name}-{arch}-s{seed}-{store.config_hash(conf)}"
-        out = train(net, x, y, cfg, steps=steps_for(cfg, len(x)), seed=seed, ckpt_dir=ckpt,
-                    desc=f"train {arch} on {name}", progress=progress, device=device)
+        if cfg.state_in_store:  # cpu tier: the chapter-1 run is the analysis run of chapters 2-4 (trained once)
+            from .analysis import analysis_net
+            from .profiles import Config
+            net, info, x, y = analysis_net(Config(cfg, analysis_model=arch), name, seed, arch, progress=progress)
+            out = {"steps": info["train_steps"], "losses": net.losses, "images_per_s": None}
+        else:
+            torch.manual_seed(seed)
+            net = build_unet(arch, spec.num_classes, spec.channels)
+            ckpt = ckpt_root() / cfg.name / "train" / f"{name}-{arch}-s{seed}-{store.config_hash(conf)}"
+            out = train(net, x, y, cfg, steps=steps_for(cfg, len(x)), seed=seed, ckpt_dir=ckpt,
+                        desc=f"train {arch} on {name}", progress=progress, device=device)
         labels = torch.arange(spec.num_classes).repeat_interleave(8)
         imgs = ddim_sample(net, labels, steps=cfg.ddim_steps, seed=seed, progress=progress)
         values = {"steps": out["steps"], "images_per_s": out["images_per_s"], "n_train": len(x),
+                  "shared_with_analysis": bool(cfg.state_in_store),
                   "params": n_params(net), "final_loss": sum(out["losses"][-20:]) / len(out["losses"][-20:])}
         arrays = {"losses": torch.tensor(out["losses"]).numpy(), "samples": image_grid(imgs, nrow=8)}
         return values, arrays, str(device)

@@ -133,8 +133,12 @@ def frechet_distance(mu1, sigma1, mu2=None, sigma2=None, feats2=None):
 def reference_stats(metric, images, cache_file=None):
     """(mu, sigma) of the reference images via metric.update(real=True); cached in cache_file (.pt)."""
     if cache_file is not None and Path(cache_file).exists():
-        d = torch.load(cache_file, weights_only=True)
-        return d["mu"], d["sigma"]
+        try:
+            d = torch.load(cache_file, weights_only=True)
+            return d["mu"], d["sigma"]
+        except Exception as e:  # noqa: BLE001 - truncated cache: recompute
+            from .store import set_aside
+            set_aside(cache_file, f"{type(e).__name__}")
     metric.reset()
     dev = metric.real_features_sum.device
     for i in range(0, len(images), 100):
@@ -143,10 +147,8 @@ def reference_stats(metric, images, cache_file=None):
     mu = (metric.real_features_sum / n).cpu()
     sigma = ((metric.real_features_cov_sum - n * torch.outer(mu.to(dev), mu.to(dev))) / (n - 1)).cpu()
     if cache_file is not None:
-        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(cache_file) + ".tmp")
-        torch.save({"mu": mu, "sigma": sigma}, tmp)
-        tmp.replace(cache_file)
+        from .store import atomic_write
+        atomic_write(Path(cache_file), lambda p: torch.save({"mu": mu, "sigma": sigma}, p))
     return mu, sigma
 
 

@@ -1,10 +1,17 @@
-"""Run profiles (ci, quick, gpu, paper): YAML files in rank1lib/profiles, single values overridable."""
+"""Run profiles (ci, quick, cpu, gpu, paper): YAML files in rank1lib/profiles, single values overridable.
+
+SCHEMA is the one place that says which keys a profile has, their types and their valid ranges; a
+profile file, a `--set`, a papermill parameter and a benchmark are all checked against it before
+any work starts.
+"""
+import math
 from pathlib import Path
 
 import yaml
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 PROFILES = ("ci", "quick", "cpu", "gpu", "paper")
+T_MAX = 999  # the largest DDPM timestep
 
 
 class ConfigError(ValueError):
@@ -17,26 +24,117 @@ class Config(dict):
     __getattr__ = dict.__getitem__
 
 
-def _read(name):
-    return yaml.safe_load((PROFILE_DIR / f"{name}.yaml").read_text())
+def _choices(*valid):
+    return (lambda v: v in valid), "one of " + ", ".join(valid)
 
 
-def _check_value(key, value, ref):
-    if isinstance(ref, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(ref, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(ref, int):
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    elif isinstance(ref, list):
-        ok = isinstance(value, list) and all(isinstance(v, type(ref[0])) for v in value)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"bad value for {key!r}: {value!r} (expected {type(ref).__name__}"
-                          f"{' >= 0' if type(ref) is int else ''}, like {ref!r})")
+def _int_at_least(lo):
+    return (lambda v: v >= lo), f"an integer >= {lo}"
+
+
+def _timesteps():
+    return (lambda v: len(v) > 0 and all(0 <= t <= T_MAX for t in v)), f"a non-empty list of timesteps in 0..{T_MAX}"
+
+
+_pos = ((lambda v: math.isfinite(v) and v > 0), "a finite number > 0")
+_nonneg = ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0")
+_seeds = ((lambda v: len(v) > 0 and all(0 <= s < 2 ** 32 for s in v)), "a non-empty list of seeds in 0..2^32-1")
+_switch = _choices("auto", "on", "off")
+
+
+def _models():
+    from .models import MODELS
+    return MODELS
+
+
+def _datasets():
+    from .data import DATASETS
+    return DATASETS
+
+
+def _extractors():
+    from .fid import EXTRACTORS
+    return EXTRACTORS
+
+
+# key -> (type, check, what is valid); a check of None means "one of get()" (filled in on use)
+SCHEMA = {
+    "description": (str, lambda v: True, "text"),
+    "dataset": (str, None, None, _datasets),
+    "model": (str, None, None, _models),
+    "analysis_model": (str, None, None, _models),
+    "epochs": (int, *_int_at_least(1)),
+    "max_steps": (int, *_int_at_least(0)),
+    "train_per_class": (int, *_int_at_least(0)),
+    "batch_size": (int, *_int_at_least(1)),
+    "lr": (float, *_pos),
+    "lam": (float, *_nonneg),
+    "replay_per_class": (int, *_int_at_least(1)),
+    "ddim_steps": (int, lambda v: 1 <= v <= 1000, "an integer in 1..1000"),
+    "sample_batch": (int, *_int_at_least(1)),
+    "fid_per_class": (int, *_int_at_least(0)),
+    "fid_extractor": (str, None, None, _extractors),
+    "seeds": (list, *_seeds),
+    "rank_k": (int, *_int_at_least(1)),
+    "power_iters": (int, *_int_at_least(1)),
+    "mu_samples": (int, *_int_at_least(2)),
+    "fisher_samples": (int, *_int_at_least(2)),
+    "fisher_timesteps": (list, *_timesteps()),
+    "analysis_epochs": (int, *_int_at_least(1)),
+    "analysis_max_steps": (int, *_int_at_least(0)),
+    "cl_fisher_samples": (int, lambda v: v == 0 or v >= 2, "0 (skip) or an integer >= 2"),
+    "cl_fisher_timesteps": (list, *_timesteps()),
+    "cl_analysis_max_steps": (int, *_int_at_least(0)),
+    "ckpt_every": (int, *_int_at_least(0)),
+    "amp": (str, *_switch),
+    "compile": (str, *_switch),
+    "heavy": (bool, lambda v: True, "true or false"),
+    "cli_only": (bool, lambda v: True, "true or false"),
+    "state_in_store": (bool, lambda v: True, "true or false"),
+    "threads": (int, *_int_at_least(0)),
+}
+
+
+def check_value(key, value):
+    """The value converted to the key's type and checked against its range; ConfigError otherwise."""
+    if key not in SCHEMA:
+        raise ConfigError(f"unknown key {key!r}; valid: {', '.join(sorted(SCHEMA))}")
+    typ, check, what, *get = SCHEMA[key]
+    if get:
+        valid = get[0]()
+        check, what = (lambda v: v in valid), "one of " + ", ".join(valid)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok_type = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
+    if ok_type and typ is list:
+        ok_type = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok_type or not check(value):
+        raise ConfigError(f"bad value for {key!r}: {value!r} (expected {what})")
     return value
+
+
+def _read(name):
+    path = PROFILE_DIR / f"{name}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        raise ConfigError(f"{path}, line {mark.line + 1}: YAML error: {e.problem}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: unreadable ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a mapping of profile keys")
+    missing, extra = sorted(set(SCHEMA) - set(data)), sorted(set(data) - set(SCHEMA))
+    if missing or extra:
+        raise ConfigError(f"{path}: " + "; ".join(
+            ([f"missing keys: {', '.join(missing)}"] if missing else []) +
+            ([f"unknown keys: {', '.join(extra)}"] if extra else [])))
+    for k, v in data.items():
+        try:
+            data[k] = check_value(k, v)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    return data
 
 
 def parse_sets(pairs):
@@ -46,7 +144,10 @@ def parse_sets(pairs):
         if "=" not in p:
             raise ConfigError(f"bad --set {p!r}: expected key=value")
         k, v = p.split("=", 1)
-        val = yaml.safe_load(v)
+        try:
+            val = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"bad --set {p!r}: the value is not valid YAML") from None
         if isinstance(val, str):  # YAML 1.1 reads '1e-3' as a string
             try:
                 val = float(val)
@@ -57,25 +158,17 @@ def parse_sets(pairs):
 
 
 def load_profile(name="quick", **overrides) -> Config:
-    """Profile `name` with overrides applied and validated against the paper profile's keys and types."""
+    """Profile `name` with overrides applied, every value validated against SCHEMA."""
     if name not in PROFILES:
         raise ConfigError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
-    ref = _read("paper")
     cfg = _read(name)
     for k, v in overrides.items():
-        if k not in ref:
-            raise ConfigError(f"unknown key {k!r}; valid: {', '.join(sorted(ref))}")
-        cfg[k] = v
-    for k, v in cfg.items():
-        cfg[k] = _check_value(k, v, ref[k])
-    from .models import MODELS
-    for k in ("model", "analysis_model"):
-        if cfg[k] not in MODELS:
-            raise ConfigError(f"bad value for {k!r}: {cfg[k]!r}; valid: {', '.join(MODELS)}")
-    for k in ("amp", "compile"):
-        if cfg[k] not in ("auto", "on", "off"):
-            raise ConfigError(f"bad value for {k!r}: {cfg[k]!r}; valid: auto, on, off")
-    from .data import DATASETS
-    if cfg["dataset"] not in DATASETS:
-        raise ConfigError(f"bad value for 'dataset': {cfg['dataset']!r}; valid: {', '.join(DATASETS)}")
+        cfg[k] = check_value(k, v)
     return Config(cfg, name=name)
+
+
+def check_seed(seed) -> int:
+    """A run seed: an integer in 0..2^32-1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"bad seed {seed!r} (expected an integer in 0..2^32-1)")
+    return seed

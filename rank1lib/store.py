@@ -55,6 +55,22 @@ def results_root() -> Path:
     return Path(os.environ.get("RANK1_RESULTS") or REPO / "book" / "results")
 
 
+def check_writable(folder) -> Path:
+    """Make sure results can be written under `folder` before any work starts (OSError naming it)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OSError(f"{folder} is a file, not a folder (check $RANK1_RESULTS / $RANK1_CKPT)")
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"0" * 4096)
+    except OSError as e:
+        raise OSError(f"{folder} is not writable ({e.strerror})") from None
+    finally:
+        probe.unlink(missing_ok=True)
+    return folder
+
+
 def result_dir(profile, experiment) -> Path:
     return results_root() / profile / experiment
 
@@ -91,17 +107,21 @@ def provenance(device=None, wall_s=None) -> dict:
             versions[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             versions[p] = None
+    import torch
     return {"commit": git_commit(), "versions": versions, "device": device_name(device),
+            "threads": torch.get_num_threads(), "load_avg": round(os.getloadavg()[0], 2),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "wall_s": wall_s}
 
 
-def _atomic_write(path: Path, write):
+def atomic_write(path: Path, write):
+    """Write through write(tmp_path) into a unique temp file beside `path`, then rename (0644)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -120,14 +140,14 @@ def save(profile, experiment, name, config, values=None, arrays=None, device=Non
         def write_npz(p):
             with open(p, "wb") as f:
                 np.savez_compressed(f, **arrays)
-        _atomic_write(d / f"{name}.npz", write_npz)
+        atomic_write(d / f"{name}.npz", write_npz)
         files["npz"] = file_sha256(d / f"{name}.npz")
     record = {"profile": profile, "experiment": experiment, "name": name, "config": config,
               "config_hash": config_hash(config), "provenance": provenance(device, wall_s),
               "values": finite_or_null(values or {}), "arrays": sorted(arrays) if arrays else [],
               "files": files}
     text = json.dumps(record, indent=1, default=_jsonable, allow_nan=False)
-    _atomic_write(d / f"{name}.json", lambda p: Path(p).write_text(text))
+    atomic_write(d / f"{name}.json", lambda p: Path(p).write_text(text))
     return record
 
 
@@ -174,6 +194,22 @@ class Result(dict):
         return self["_arrays"]
 
 
+def clean_stale_tmp(folder, min_age_s=600):
+    """Remove temp files/folders (.name.XXXX.tmp, .tmp-*, .old-*) that a killed writer left behind;
+    only those older than min_age_s, so a concurrent writer's live temp file is never touched."""
+    import shutil
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    now = time.time()
+    for p in list(folder.glob(".*.tmp")) + list(folder.glob(".tmp-*")) + list(folder.glob(".old-*")):
+        try:
+            if now - p.stat().st_mtime > min_age_s:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        except OSError:
+            pass
+
+
 def set_aside(path, why) -> Path:
     """Move an unreadable file out of the way (never delete it) and say so in one line."""
     path = Path(path)
@@ -211,11 +247,11 @@ def save_png(profile, experiment, name, fig_or_array):
     """Save an image grid (uint8 HxW[xC] array) or a matplotlib figure as PNG, atomically."""
     path = result_dir(profile, experiment) / f"{name}.png"
     if hasattr(fig_or_array, "savefig"):
-        _atomic_write(path, lambda p: fig_or_array.savefig(p, format="png", dpi=120, bbox_inches="tight"))
+        atomic_write(path, lambda p: fig_or_array.savefig(p, format="png", dpi=120, bbox_inches="tight"))
     else:
         import matplotlib.image
         rgb = np.repeat(fig_or_array[..., None], 3, axis=2) if fig_or_array.ndim == 2 else fig_or_array
-        _atomic_write(path, lambda p: matplotlib.image.imsave(p, rgb, format="png"))  # exact, no colormap
+        atomic_write(path, lambda p: matplotlib.image.imsave(p, rgb, format="png"))  # exact, no colormap
     return path
 
 
@@ -229,6 +265,7 @@ def load_or_compute(profile, experiment, name, config, compute, heavy=False, com
     rec = load(profile, experiment, name, config)
     if rec is not None:
         return rec
+    clean_stale_tmp(result_dir(profile, experiment))
     import torch
     cmd = command or f"python -m rank1lib run {experiment} --profile {profile}"
     if _PROBE or (cli_only and not _ALLOW_CLI_ONLY):

@@ -7,6 +7,7 @@ on whether the run was interrupted, and a resumed run ends with the same weights
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,33 @@ class NonFiniteLoss(RuntimeError):
 
 class DeadlineReached(RuntimeError):
     """$RANK1_DEADLINE (epoch seconds, set by the campaign) passed; a checkpoint was saved."""
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM during training: remembered, acted on at the end of the current step (checkpoint,
+    then KeyboardInterrupt), so an interrupted run resumes exactly. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum, self.saved = None, {}
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        import signal
+        for sig, h in self.saved.items():
+            signal.signal(sig, h)
+        return False
 
 
 def deadline():
@@ -111,8 +139,9 @@ def load_checkpoint(model, opt, ckpt_dir: Path):
     A checkpoint killed between its renames is found in .old-*/last; an unreadable one is moved
     aside with a one-line warning and the next good one (or step 0) is used.
     """
-    from .store import set_aside
+    from .store import clean_stale_tmp, set_aside
     ckpt_dir = Path(ckpt_dir)
+    clean_stale_tmp(ckpt_dir)
     device = next(model.parameters()).device
     candidates = [ckpt_dir / "last"] + sorted(ckpt_dir.glob(".old-*/last"), reverse=True)
     for d in candidates:
@@ -181,48 +210,54 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
     t0, done = time.time(), 0
     step = start
     stop_at = deadline()
+    stop = _StopRequest()
     try:
-        for step in bar:
-            epoch = step // per_epoch
-            if epoch != perm_epoch:
-                g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-                perm, perm_epoch = torch.randperm(n, generator=g).to(device), epoch
-            torch.manual_seed(seed * 7_919 + step * 104_729 + 1)
-            idx = perm[(step % per_epoch) * b:(step % per_epoch + 1) * b]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_simple(fwd, to_model_range(x[idx]), y[idx], ab)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(fwd, step)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                last = next((f"{v:.4g}" for v in reversed(losses)), "none")
-                raise NonFiniteLoss(f"{desc}: non-finite loss {value} at step {step} (last finite loss {last}); "
-                                    f"likely cause: learning rate {cfg.lr:g} or penalty weight too large, or "
-                                    f"a NaN in the inputs; nothing was stored")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(value)
-            done += 1
-            if progress and (step % 10 == 0 or step == steps - 1):
-                bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{done * b / (time.time() - t0):.0f}")
-            if step + 1 in snapshot_at:
-                save_snapshot(model, step + 1, snapshot_dir)
-            if ckpt_dir and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
-                save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
-            if stop_at is not None and time.time() > stop_at and step + 1 < steps:
-                if ckpt_dir:
+        with stop:
+            for step in bar:
+                epoch = step // per_epoch
+                if epoch != perm_epoch:
+                    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+                    perm, perm_epoch = torch.randperm(n, generator=g).to(device), epoch
+                torch.manual_seed(seed * 7_919 + step * 104_729 + 1)
+                idx = perm[(step % per_epoch) * b:(step % per_epoch + 1) * b]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = loss_simple(fwd, to_model_range(x[idx]), y[idx], ab)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(fwd, step)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    last = next((f"{v:.4g}" for v in reversed(losses)), "none")
+                    raise NonFiniteLoss(f"{desc}: non-finite loss {value} at step {step} (last finite loss {last}); "
+                                        f"likely cause: learning rate {cfg.lr:g} or penalty weight too large, or "
+                                        f"a NaN in the inputs; nothing was stored")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(value)
+                done += 1
+                if progress and (step % 10 == 0 or step == steps - 1):
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{done * b / (time.time() - t0):.0f}")
+                if step + 1 in snapshot_at:
+                    save_snapshot(model, step + 1, snapshot_dir)
+                if ckpt_dir and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
                     save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
-                raise DeadlineReached(f"{desc}: deadline reached at step {step + 1}/{steps}; checkpoint saved, "
-                                      f"rerun to continue")
-            if stop_after is not None and step + 1 - start >= stop_after:
-                if ckpt_dir:
-                    save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
-                return {"losses": losses, "steps": step + 1, "images_per_s": None, "interrupted": True}
+                if stop_at is not None and time.time() > stop_at and step + 1 < steps:
+                    if ckpt_dir:
+                        save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
+                    raise DeadlineReached(f"{desc}: deadline reached at step {step + 1}/{steps}; checkpoint saved, "
+                                          f"rerun to continue")
+                if stop_after is not None and step + 1 - start >= stop_after:
+                    if ckpt_dir:
+                        save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
+                    return {"losses": losses, "steps": step + 1, "images_per_s": None, "interrupted": True}
+                if stop.signum is not None:  # Ctrl-C or SIGTERM: end on a complete step, with a checkpoint
+                    if ckpt_dir:
+                        save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         if ckpt_dir:
-            print(f"\ninterrupted at step {step}; rerun the same command to resume from the last "
-                  f"checkpoint in {ckpt_dir}")
+            print(f"\ninterrupted after step {step + 1}; rerun the same command to resume from the "
+                  f"checkpoint in {ckpt_dir}", file=sys.stderr)
         raise
     elapsed = time.time() - t0
     if ckpt_dir:

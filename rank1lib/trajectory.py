@@ -55,8 +55,10 @@ def trajectory(cfg, dataset=None, seed=0, arch=None, progress=True):
                 net.load_state_dict(load_file(str(path)))
                 values, arrays = spectrum_compute(net, x, y, n, TRAJ_T, seed, progress)
                 return _summary(values, arrays), None, str(pick_device())
+            # a snapshot's weights do not depend on how long the run goes on: same result for 200 or 800 epochs
+            per_step = {k: v for k, v in base.items() if k not in ("analysis_epochs", "analysis_max_steps")}
             rec = store.load_or_compute(cfg.name, "trajectory", f"{name}-{arch}-s{seed}-step{step:06d}",
-                                        base | {"step": step}, one, **store.policy(cfg), command=command)
+                                        per_step | {"step": step}, one, **store.policy(cfg), command=command)
             rows.append({"step": step, "loss": _loss_near(losses, step)} | rec.values)
         return info | {"t": TRAJ_T, "n_samples": n, "rows": rows}, None, str(pick_device())
 

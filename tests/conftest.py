@@ -8,3 +8,12 @@ def tmp_store(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK1_CKPT", str(tmp_path / "ckpt"))
     return tmp_path
 
+
+
+@pytest.fixture(autouse=True)
+def _notebook_mode():
+    """Every test starts as a notebook would (the CLI's allow_cli_only switch is process-wide)."""
+    from rank1lib import store
+    store.allow_cli_only(False)
+    yield
+    store.allow_cli_only(False)

@@ -116,4 +116,50 @@ def test_campaign_status_follows_the_store(tmp_store):
     assert campaign.item_status(cfg, vae)["state"] == "done"
     base = items["base-s0"]
     st = campaign.item_status(cfg, base)
-    assert st["state"] == "pending" and st["missing"] == ["spectrum", "tweedie", "trajectory"]
+    assert st["state"] == "pending" and st["missing"] == ["spectrum", "tweedie", "trajectory", "train"]
+
+
+def test_campaign_runs_an_item_in_a_child_process_and_logs_it(tmp_store):
+    from rank1lib import campaign
+    assert campaign.campaign("ci", hours=0.2, jobs=1, threads=1, only=["vae"], log_dir=tmp_store / "logs") == 0
+    cfg = load_profile("ci")
+    vae = [i for i in campaign.fisher_items(cfg) if i.key == "vae"][0]
+    assert campaign.item_status(cfg, vae)["state"] == "done"
+    ledger = json.loads((store.results_root() / "ci" / "campaign.json").read_text())
+    assert ledger[-1]["item"] == "vae" and ledger[-1]["result"] == "done" and ledger[-1]["threads"] == 1
+    assert "run vae --profile ci" in (tmp_store / "logs" / "ci-vae.log").read_text()
+
+
+def test_ctrl_c_ends_on_a_complete_step_with_a_checkpoint(tmp_path):
+    import signal
+    cfg = load_profile("ci", batch_size=8, ckpt_every=0)
+    x, y = _data()
+    ref = _net()
+    out_ref = train(ref, x, y, cfg, steps=6, seed=2, progress=False)
+
+    def interrupt_at_step_2(model, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return 0.0
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_net(), x, y, cfg, steps=6, seed=2, ckpt_dir=tmp_path, progress=False, extra_loss=interrupt_at_step_2)
+    step, losses, _ = load_checkpoint(_net(), None, tmp_path)
+    assert step == 3 and losses == out_ref["losses"][:3]
+    net = _net()
+    out = train(net, x, y, cfg, steps=6, seed=2, ckpt_dir=tmp_path, progress=False)
+    assert out["losses"] == out_ref["losses"]
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), net.state_dict().values()))
+
+
+def test_longer_run_continues_a_shorter_one_exactly(tmp_store, monkeypatch):
+    from rank1lib.analysis import analysis_net
+    short = load_profile("ci", analysis_max_steps=0, analysis_epochs=1, train_per_class=4, batch_size=8)
+    long_ = load_profile("ci", analysis_max_steps=0, analysis_epochs=3, train_per_class=4, batch_size=8)
+    analysis_net(short, "mnist-5k", 0, "tiny", progress=False)
+    seeded, info, _, _ = analysis_net(long_, "mnist-5k", 0, "tiny", progress=False)
+    monkeypatch.setenv("RANK1_CKPT", str(tmp_store / "other"))  # a fresh place: the same run from scratch
+    scratch, info2, _, _ = analysis_net(long_, "mnist-5k", 0, "tiny", progress=False)
+    assert info["train_steps"] == info2["train_steps"] == 15
+    assert seeded.losses == scratch.losses
+    assert all(torch.equal(a, b) for a, b in zip(seeded.state_dict().values(), scratch.state_dict().values()))

@@ -112,3 +112,22 @@ def test_rank_k_fisher_on_model_matches_dense_eigendecomposition():
     G = fisher.flatten_grads(fisher.per_sample_grads(net, x0, yy, t, eps, chunk=24), names).double()
     lam_top = torch.linalg.eigvalsh(G @ G.T / 24)[-1]  # nonzero spectrum of F = G^T G / n
     assert 0.5 * lam_top < s[0] <= lam_top * 1.0001
+
+
+def test_rank_k_pairs_are_ritz_pairs_of_the_final_sample():
+    """After the Rayleigh-Ritz step, V^T F V is diagonal on the final sample and equals diag(s)."""
+    from rank1lib import fisher
+    torch.manual_seed(1)
+    net = build_unet("small1", 10)
+    x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
+    y = torch.arange(8) % 10
+    V, s = ewc.rank_k_fisher(net, x, y, k=3, iters=2, n_samples=16, seed=4, chunk=16)
+    x0, yy, t, eps = fisher.joint_samples(x, y, 16, 4 * 1000)
+    G = fisher.flatten_grads(fisher.per_sample_grads(net, x0, yy, t, eps, chunk=16), fisher.param_names(net)).double()
+    GV = G @ V.double()
+    H = GV.T @ GV / 16  # V^T F V with F = G^T G / n, dense in the k x k subspace
+    off = H - torch.diag(H.diagonal())
+    assert off.abs().max() <= 1e-4 * H.diagonal().max()
+    assert torch.allclose(H.diagonal(), s.double(), rtol=1e-4)
+    assert torch.all(s[:-1] >= s[1:])
+    assert s[0] <= torch.linalg.eigvalsh(G @ G.T / 16)[-1] * 1.0001

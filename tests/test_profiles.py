@@ -20,9 +20,42 @@ def test_overrides_and_errors():
         load_profile("ci", bacth_size=3)
     with pytest.raises(ConfigError, match="bad value for 'batch_size'"):
         load_profile("ci", batch_size="big")
-    with pytest.raises(ConfigError, match="valid: cl, base"):
+    with pytest.raises(ConfigError, match="one of cl, base"):
         load_profile("ci", model="resnet")
-    with pytest.raises(ConfigError, match="valid: mnist"):
+    with pytest.raises(ConfigError, match="one of mnist"):
         load_profile("ci", dataset="svhn")
     with pytest.raises(ConfigError, match="key=value"):
         parse_sets(["batch_size"])
+
+
+@pytest.mark.parametrize("key, value, expect", [
+    ("batch_size", 0, "integer >= 1"), ("epochs", 0, "integer >= 1"), ("ddim_steps", 0, "1..1000"),
+    ("sample_batch", 0, "integer >= 1"), ("mu_samples", 0, "integer >= 2"), ("replay_per_class", 0, "integer >= 1"),
+    ("fisher_timesteps", [5000], "timesteps in 0..999"), ("fid_extractor", "vgg", "one of inception"),
+    ("lam", float("nan"), "finite number >= 0"), ("lr", float("inf"), "finite number > 0"), ("lr", -1.0, "> 0"),
+    ("seeds", [], "non-empty list"), ("amp", "maybe", "one of auto, on, off"), ("threads", -1, ">= 0"),
+    ("cli_only", "yes", "true or false"), ("batch_size", True, "integer >= 1"),
+])
+def test_every_bad_value_is_refused_up_front(key, value, expect):
+    with pytest.raises(ConfigError, match=f"bad value for '{key}'.*{expect}"):
+        load_profile("ci", **{key: value})
+
+
+def test_profile_file_errors_name_the_file(tmp_path, monkeypatch):
+    import rank1lib.profiles as P
+    good = (P.PROFILE_DIR / "ci.yaml").read_text()
+    for text, expect in [("batch_size: [1,\n", r"ci.yaml, line \d+: YAML error"),
+                         ("description: x\n", "ci.yaml: missing keys: .*batch_size"),
+                         (good + "extra_key: 1\n", r"ci.yaml: unknown keys: extra_key$")]:
+        (tmp_path / "ci.yaml").write_text(text)
+        monkeypatch.setattr(P, "PROFILE_DIR", tmp_path)
+        with pytest.raises(ConfigError, match=expect):
+            load_profile("ci")
+
+
+def test_seed_range():
+    from rank1lib.profiles import check_seed
+    assert check_seed(0) == 0
+    for bad in (-1, 2 ** 32, 99999999999999999999, "abc"):
+        with pytest.raises(ConfigError, match="bad seed"):
+            check_seed(bad)

@@ -55,7 +55,7 @@ def test_atomic_write_never_leaves_partial_file(tmp_store):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        store._atomic_write(path, dying_writer)
+        store.atomic_write(path, dying_writer)
     assert json.loads(path.read_text())["values"] == {"v": 1}
     assert [f for f in os.listdir(path.parent) if f.startswith(".")] == []
 

@@ -1,0 +1,280 @@
+"""The paper's claims, each with a verdict computed from stored results (never hand-written).
+
+python -m rank1lib claims --profile P [--json]
+
+Every claim has its rule fixed here, before any number is seen: a few sub-checks, each true or
+false; the verdict is `agree` when all hold, `partial` when at least half hold, `disagree`
+otherwise, and `pending` when a result it needs is not stored. At the toy profiles (ci, quick) the
+rule is still evaluated but the verdict is `not evidence`: those models are not trained.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import store
+from .data import DataMissing
+from .profiles import load_profile
+
+TOY_PROFILES = ("ci", "quick")
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    where: str    # figure / table in the paper
+    chapter: str  # book page that shows it
+    statement: str
+    paper: str    # the paper's numbers
+    rule: str     # our verdict rule, stated before looking at our numbers
+
+
+CLAIMS = [
+    Claim("C1", "Fig. 1", "02_tweedie_and_alignment",
+          "Tweedie's scaled prediction sqrt(1 - alpha_bar_t) eps_hat matches x_t; the MSE goes to 0 as t grows.",
+          "MSE falls towards 0 from t = 100 to 900",
+          "(i) MSE non-increasing in t (tolerance 1e-3); (ii) MSE at t = 900 <= 0.1 x MSE at t = 100."),
+    Claim("C2", "Fig. 2", "02_tweedie_and_alignment",
+          "Per-sample gradients are mostly collinear with their mean mu_t, most strongly at mid-to-late t.",
+          "mostly deep red |cos(g_i, mu_t)| panels, deepest at mid-to-late t",
+          "(i) mean |cos(g_i, mu_t)| over t >= 500 is > 0.8; (ii) it is >= the mean over t < 500."),
+    Claim("C3", "Fig. 3a", "03_fisher_spectrum",
+          "The mean gradients mu_t of different timesteps are highly aligned.",
+          "pairwise cos(mu_t, mu_t') close to 1",
+          "(i) smallest off-diagonal cos(mu_t, mu_t') > 0.8; (ii) mean off-diagonal cosine > 0.9."),
+    Claim("C4", "Fig. 3b, c", "03_fisher_spectrum",
+          "lambda_1 is one to two orders of magnitude above lambda_2..5; r_t = lambda_2/lambda_1 is smallest "
+          "(0.022) at t = 700 and already < 0.4 at t = 100.",
+          "min r_t = 0.022 at t = 700; r_100 < 0.4; lambda_1 10-100x lambda_2",
+          "(i) median over t of lambda_1/lambda_2 >= 10; (ii) r_100 < 0.4; (iii) min r_t <= 0.05 and attained "
+          "at t in 600..800."),
+    Claim("C5", "Fig. 3d", "03_fisher_spectrum",
+          "The diagonal approximation has relative Frobenius error about 1.0 at every t; the rank-1 "
+          "approximation c* mu mu^T is below it at mid-to-late t.",
+          "diagonal error ~1.0 at every t; rank-1 error lower at mid-to-late t",
+          "(i) diagonal error >= 0.95 at every t; (ii) rank-1 error < diagonal error at every t >= 500."),
+    Claim("C6", "App. C", "04_model_size_and_vae",
+          "A VAE's Fisher is far from rank 1 (top-eigenvalue share ~50%, ~85% with KL x 1e-3), unlike the "
+          "DDPM at late t (~99%).",
+          "VAE 50%, VAE (KL x 1e-3) 85%, DDPM late t 99%",
+          "(i) VAE share < DDPM share (mean over t >= 700); (ii) VAE share < VAE (KL x 1e-3) share; "
+          "(iii) DDPM share >= 0.9 at t >= 700."),
+    Claim("C7", "Fig. 6", "04_model_size_and_vae",
+          "Small-1 and Small-3 are also near rank 1, and the eigengap widens with model size.",
+          "Small-1, Small-3 near rank 1; r_t smaller for larger models",
+          "(i) median r_t <= 0.1 for Small-1 and for Small-3; (ii) median r_t ordered Small-1 >= Small-3 >= base."),
+    Claim("C8", "Table 1", "05_continual_learning",
+          "Rank-1 + GD has the best A-FID and forgetting; forgetting ~0 on MNIST and FMNIST.",
+          "MNIST A-FID 7.6, F 0.6; FMNIST 15.4, 0.9", "set with the continual-learning tier"),
+    Claim("C9", "Table 1", "05_continual_learning",
+          "EWC without distillation (diagonal or rank-1) fails.", "A-FID 62-100, F 51-82 on MNIST/FMNIST",
+          "set with the continual-learning tier"),
+    Claim("C10", "Fig. 4", "05_continual_learning",
+          "Rank-1 + GD's A-FID@k decreases over tasks on MNIST and FMNIST.", "decreasing curves",
+          "set with the continual-learning tier"),
+    Claim("C11", "Table 5", "06_samples_and_ablations",
+          "Rank-k EWC by power iteration is no better than the rank-1 mean gradient.", "rank-2..5 >= rank-1 A-FID",
+          "set with the continual-learning tier"),
+    Claim("C12", "Table 6", "06_samples_and_ablations",
+          "Fine-tuning with lambda = 0 forgets catastrophically.", "large forgetting", "set with the continual-learning tier"),
+    Claim("C13", "sec. 3.1 (beyond the paper's figures)", "03_fisher_spectrum",
+          "The rank-1 structure emerges as the model converges (Prop. 2, Theorem 1).",
+          "not measured in the paper (one trained model only)",
+          "mean r_t over t >= 500: (i) at the end of training it is below the re-initialised models' mean "
+          "minus two standard deviations; (ii) it does not rise over the second half of training (last "
+          "snapshot <= the snapshot nearest half-way)."),
+]
+BY_ID = {c.id: c for c in CLAIMS}
+
+
+def _get(fn, *args, **kw):
+    """A stored result (never computed here), or None when it is not in the store."""
+    try:
+        with store.probing():
+            return fn(*args, progress=False, **kw)
+    except (store.ResultPending, DataMissing):
+        return None
+
+
+def _settings(rec, **extra):
+    v, p = rec.values, rec["provenance"]
+    keys = ("arch", "params", "train_steps", "n_train", "n_samples", "n", "final_loss", "steps")
+    out = {k: v[k] for k in keys if k in v}
+    cfg = rec.get("config", {})
+    out |= {k: cfg[k] for k in ("dataset", "seed") if k in cfg}
+    return out | {"device": p["device"], "commit": p["commit"], "date": p["date"]} | extra
+
+
+def _verdict(checks):
+    ok = sum(bool(c) for _, c in checks)
+    return "agree" if ok == len(checks) else "partial" if 2 * ok >= len(checks) else "disagree"
+
+
+def _c1(cfg):
+    from .analysis import tweedie_mse
+    rec = _get(tweedie_mse, cfg)
+    if rec is None:
+        return None
+    m = rec.values["mse"]
+    checks = [("MSE non-increasing", all(a >= b - 1e-3 for a, b in zip(m, m[1:]))),
+              ("MSE(900) <= 0.1 MSE(100)", m[-1] <= 0.1 * m[0])]
+    return f"MSE {m[0]:.3f} at t = 100 -> {m[-1]:.4f} at t = 900", checks, [rec]
+
+
+def _spec(cfg, arch=None):
+    from .analysis import spectrum
+    return _get(spectrum, cfg, arch=arch)
+
+
+def _c2(cfg):
+    rec = _spec(cfg)
+    if rec is None:
+        return None
+    t, cos = np.array(rec.values["t"]), rec.arrays["cos"].mean(1)
+    late, early = cos[t >= 500].mean(), cos[t < 500].mean() if (t < 500).any() else np.nan
+    checks = [("mean |cos| at t >= 500 > 0.8", late > 0.8), ("late >= early", not early > late)]
+    return f"mean |cos(g_i, mu_t)| {early:.2f} (t < 500), {late:.2f} (t >= 500)", checks, [rec]
+
+
+def _c3(cfg):
+    rec = _spec(cfg)
+    if rec is None:
+        return None
+    m = np.array(rec.values["mu_cos"])
+    off = m[~np.eye(len(m), dtype=bool)]
+    checks = [("min off-diagonal > 0.8", off.min() > 0.8), ("mean off-diagonal > 0.9", off.mean() > 0.9)]
+    return f"cos(mu_t, mu_t') from {off.min():.2f} to {off.max():.2f} (mean {off.mean():.2f})", checks, [rec]
+
+
+def _c4(cfg):
+    rec = _spec(cfg)
+    if rec is None:
+        return None
+    v = rec.values
+    t, r = np.array(v["t"]), np.array(v["r"])
+    gap = np.median(1 / np.maximum(r, 1e-300))
+    r100 = r[t == 100][0] if (t == 100).any() else np.nan
+    checks = [("median lambda1/lambda2 >= 10", gap >= 10), ("r_100 < 0.4", r100 < 0.4),
+              ("min r_t <= 0.05 at t in 600..800", v["min_r"] <= 0.05 and 600 <= v["min_r_t"] <= 800)]
+    return (f"min r_t = {v['min_r']:.3f} at t = {v['min_r_t']}; r_100 = {r100:.3f}; median lambda1/lambda2 = "
+            f"{gap:.1f}"), checks, [rec]
+
+
+def _c5(cfg):
+    rec = _spec(cfg)
+    if rec is None:
+        return None
+    v = rec.values
+    t, d, r1 = np.array(v["t"]), np.array(v["err_diag"]), np.array(v["err_rank1"])
+    checks = [("diagonal error >= 0.95 at every t", d.min() >= 0.95),
+              ("rank-1 error < diagonal error at every t >= 500", bool((r1 < d)[t >= 500].all()))]
+    return (f"diagonal error {d.min():.3f}..{d.max():.3f}; rank-1 error {r1.min():.3f}..{r1.max():.3f} "
+            f"({r1[t >= 500].mean():.3f} mean at t >= 500)"), checks, [rec]
+
+
+def _c6(cfg):
+    from .analysis import vae_share
+    vrec, srec = _get(vae_share, cfg), _spec(cfg)
+    if vrec is None or srec is None:
+        return None
+    t, share = np.array(srec.values["t"]), np.array(srec.values["share"])
+    ddpm = share[t >= 700].mean()
+    v1, v3 = vrec.values["beta=1"]["share"], vrec.values["beta=0.001"]["share"]
+    checks = [("VAE < DDPM", v1 < ddpm), ("VAE < VAE with KL x 1e-3", v1 < v3), ("DDPM >= 0.9 at t >= 700", ddpm >= 0.9)]
+    return (f"VAE {100 * v1:.0f}%, VAE (KL x 1e-3) {100 * v3:.0f}%, DDPM {100 * ddpm:.0f}% (t >= 700)"),\
+        checks, [vrec, srec]
+
+
+def _c7(cfg):
+    recs = {a: _spec(cfg, a) for a in ("small1", "small3", "base")}
+    if any(r is None for r in recs.values()):
+        return None
+    med = {a: float(np.median(r.values["r"])) for a, r in recs.items()}
+    checks = [("median r_t <= 0.1 for Small-1 and Small-3", med["small1"] <= 0.1 and med["small3"] <= 0.1),
+              ("Small-1 >= Small-3 >= base", med["small1"] >= med["small3"] >= med["base"])]
+    return "median r_t: " + ", ".join(f"{a} {m:.3f}" for a, m in med.items()), checks, list(recs.values())
+
+
+def _late_r(row, t):
+    r = np.array(row["r"])
+    return float(r[np.array(t) >= 500].mean())
+
+
+def _c13(cfg):
+    from .trajectory import init_spread, trajectory
+    trec, irec = _get(trajectory, cfg), _get(init_spread, cfg)
+    if trec is None or irec is None:
+        return None
+    t = trec.values["t"]
+    rows = trec.values["rows"]
+    steps = np.array([r["step"] for r in rows])
+    late = np.array([_late_r(r, t) for r in rows])
+    init = np.array([_late_r(r, irec.values["t"]) for r in irec.values["rows"]])
+    half = int(np.argmin(np.abs(steps - steps[-1] / 2)))
+    lo = init.mean() - 2 * init.std(ddof=1)
+    checks = [("final below init mean - 2 sd", late[-1] < lo), ("no rise over the second half", late[-1] <= late[half])]
+    return (f"mean r_t (t >= 500): {late[-1]:.3f} after {steps[-1]} steps, {late[half]:.3f} at step {steps[half]}, "
+            f"{init.mean():.3f} +- {init.std(ddof=1):.3f} at initialisation ({len(init)} seeds)"), checks, [trec, irec]
+
+
+EVALUATORS = {"C1": _c1, "C2": _c2, "C3": _c3, "C4": _c4, "C5": _c5, "C6": _c6, "C7": _c7, "C13": _c13}
+
+
+def ledger(profile) -> list:
+    """Every claim with the paper's numbers, our rule, ours, the verdict and the settings behind it."""
+    cfg = load_profile(profile)
+    rows = []
+    for c in CLAIMS:
+        row = {"id": c.id, "where": c.where, "chapter": c.chapter, "claim": c.statement, "paper": c.paper,
+               "rule": c.rule, "ours": None, "checks": [], "verdict": "pending", "settings": [],
+               "profile": profile}
+        ev = EVALUATORS.get(c.id)
+        out = ev(cfg) if ev else None
+        if out is None:
+            row["why_pending"] = ("needs the continual-learning tier" if ev is None
+                                  else "a result it needs is not in the store yet")
+        else:
+            ours, checks, recs = out
+            row["ours"] = ours
+            row["checks"] = [{"check": k, "holds": bool(h)} for k, h in checks]
+            verdict = _verdict(checks)
+            row["rule_outcome"] = verdict
+            row["verdict"] = "not evidence" if profile in TOY_PROFILES else verdict
+            row["settings"] = [_settings(r, result=f"{r['experiment']}/{r['name']}") for r in recs]
+        rows.append(row)
+    return rows
+
+
+def summary_line(rows) -> str:
+    from collections import Counter
+    n = Counter(r["verdict"] for r in rows)
+    return ", ".join(f"{k}: {v}" for k, v in sorted(n.items()))
+
+
+VERDICT_STYLE = {"agree": "agrees", "partial": "agrees in part", "disagree": "does not agree",
+                 "pending": "pending", "not evidence": "not evidence (toy profile)"}
+
+
+def markdown(row) -> str:
+    """One claim as a short Markdown block: verdict first, then the paper, our rule, ours, the checks."""
+    lines = [f"**{row['id']}** ({row['where']}): {row['claim']}",
+             f"- verdict at profile `{row['profile']}`: **{VERDICT_STYLE[row['verdict']]}**",
+             f"- paper: {row['paper']}", f"- rule (fixed before our numbers): {row['rule']}"]
+    if row["ours"] is None:
+        lines.append(f"- ours: pending ({row.get('why_pending', '')})")
+    else:
+        checks = "; ".join(f"{c['check']}: {'yes' if c['holds'] else 'no'}" for c in row["checks"])
+        lines += [f"- ours: {row['ours']}", f"- checks: {checks}"]
+        s = row["settings"][0]
+        model = f"{s.get('arch', '')} ({s['params']:,} parameters), {s.get('train_steps')} Adam steps, " \
+            if "params" in s else ""
+        lines.append(f"- settings: {model}dataset {s.get('dataset', '-')}, seed {s.get('seed', '-')}, "
+                     f"{s['device']}, commit {s['commit']}, {s['date']}")
+    return "\n".join(lines)
+
+
+def show(profile, ids):
+    """Display the ledger rows `ids` in a notebook (the chapters' verdict cells)."""
+    rows = {r["id"]: r for r in ledger(profile)}
+    from IPython.display import Markdown, display
+    for i in ids:
+        display(Markdown(markdown(rows[i])))

@@ -1,0 +1,203 @@
+"""Rank-1 EWC for your own model: task statistics from any per-sample loss, and the penalty (sec. 3.3).
+
+    stats = task_statistics(model, per_sample_loss, batches)        # mu, c*, theta* of the task just learned
+    penalty = Rank1EWC(lam=15000.0)
+    penalty.add_task(model, stats)
+    loss = new_task_loss + penalty(model)                            # lam/2 sum_k c*_k (mu_k^T (theta - theta*_k))^2
+    penalty.save("ewc.safetensors"); penalty = Rank1EWC.load("ewc.safetensors", model)
+
+`per_sample_loss(model, batch)` returns a (n,) tensor, one loss per sample of the batch, whatever the
+model, data and noise schedule; `batches` is a list (or anything iterable twice) of batches drawn the
+way training draws them (for a diffusion model: x0, t and eps sampled jointly). The statistics are
+exact for the samples given: mu by one backward of the summed loss per batch, the products mu^T g_i
+by a second, double backward per batch (no per-sample gradients, no forward-mode AD).
+"""
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from . import ewc
+
+__all__ = ["TaskStats", "task_statistics", "Rank1EWC"]
+
+
+def _unwrap(model):
+    """The module inside a DistributedDataParallel / DataParallel wrapper (same parameter names)."""
+    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel,
+                                              torch.nn.DataParallel)) else model
+
+
+def _selected(model, names=None):
+    """(names, parameters) covered by the statistics: all trainable ones, or those in `names`."""
+    model = _unwrap(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if names is not None:
+        missing = set(names) - {n for n, _ in named}
+        if missing:
+            raise ValueError(f"parameters not in the model (or frozen): {', '.join(sorted(missing))}")
+        named = [(n, p) for n, p in named if n in set(names)]
+    if not named:
+        raise ValueError("no trainable parameters selected")
+    return [n for n, _ in named], [p for _, p in named]
+
+
+@dataclass
+class TaskStats:
+    """One task's consolidation statistics: mean gradient mu (P,), c* (eq. 5), theta* (P,), and the
+    names/shapes of the parameters they cover (checked against the model they are applied to)."""
+    mu: torch.Tensor
+    c_star: float
+    theta_star: torch.Tensor
+    names: list
+    shapes: list
+    n_samples: int
+    diag: torch.Tensor | None = field(default=None)
+
+
+@contextlib.contextmanager
+def _plain_attention(model):
+    """diffusers attention on its plain (math) processor while statistics are taken: the fused SDPA
+    kernels have no double backward. Same numbers; restored on exit."""
+    mods = [m for m in _unwrap(model).modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
+    saved = [(m, m.processor) for m in mods]
+    if mods:
+        from diffusers.models.attention_processor import AttnProcessor
+        for m in mods:
+            m.set_processor(AttnProcessor())
+    try:
+        yield
+    finally:
+        for m, proc in saved:
+            m.set_processor(proc)
+
+
+def task_statistics(model: torch.nn.Module, per_sample_loss, batches, names=None, diag: bool = False) -> TaskStats:
+    """mu = E[g], c* = E[(mu^T g)^2] / ||mu||^4 (eq. 5-6) and optionally the diagonal Fisher E[g^2],
+    over every sample of `batches`, for the parameters `names` (default: all trainable ones)."""
+    with _plain_attention(model):
+        return _task_statistics(model, per_sample_loss, batches, names, diag)
+
+
+def _task_statistics(model, per_sample_loss, batches, names, diag):
+    names, params = _selected(model, names)
+    batches = list(batches)
+    mu = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    n = 0
+    for batch in batches:  # pass 1: sum_i g_i
+        losses = per_sample_loss(model, batch)
+        if losses.dim() != 1:
+            raise ValueError(f"per_sample_loss must return a (n,) tensor, got shape {tuple(losses.shape)}")
+        for m, g in zip(mu, torch.autograd.grad(losses.sum(), params)):
+            m += g.double()
+        n += len(losses)
+    mu = [m / n for m in mu]
+    mu32 = [m.to(p.dtype) for m, p in zip(mu, params)]
+    dots, d2 = [], None
+    for batch in batches:  # pass 2: mu^T g_i = (J mu)_i, by differentiating u -> (J^T u) . mu
+        losses = per_sample_loss(model, batch)
+        u = torch.zeros_like(losses, requires_grad=True)
+        jt_u = torch.autograd.grad(losses, params, grad_outputs=u, create_graph=True)
+        dots.append(torch.autograd.grad(sum((g * m).sum() for g, m in zip(jt_u, mu32)), u)[0].detach().double())
+        if diag:  # E[g^2] needs the per-sample gradients themselves: one backward per sample
+            losses = per_sample_loss(model, batch)
+            for li in losses:
+                g = torch.autograd.grad(li, params, retain_graph=True)
+                sq = torch.cat([x.reshape(-1) for x in g]).double().pow(2)
+                d2 = sq if d2 is None else d2 + sq
+    mu_flat = torch.cat([m.reshape(-1) for m in mu])
+    c_star = float(torch.cat(dots).pow(2).mean() / mu_flat.dot(mu_flat).pow(2))
+    theta = torch.cat([p.detach().reshape(-1).double() for p in params])
+    return TaskStats(mu=mu_flat.float().cpu(), c_star=c_star, theta_star=theta.float().cpu(), names=names,
+                     shapes=[list(p.shape) for p in params], n_samples=n,
+                     diag=(d2 / n).float().cpu() if diag else None)
+
+
+class Rank1EWC(torch.nn.Module):
+    """lam/2 sum_k c*_k (mu_k^T (theta - theta*_k))^2 (eq. 6) over the tasks added; call it as
+    penalty(model) inside the training loss (float32 even under autocast; plain tensors, DDP-safe)."""
+
+    def __init__(self, lam: float = 15000.0):
+        super().__init__()
+        self.lam = float(lam)
+        self.names, self.shapes = None, None
+        self.register_buffer("mu", torch.zeros(0, 0))          # (K, P) one row per past task
+        self.register_buffer("c_star", torch.zeros(0))         # (K,)
+        self.register_buffer("theta_star", torch.zeros(0, 0))  # (K, P)
+        self._impl = None
+
+    def _check(self, model, names=None, shapes=None):
+        names = names or self.names
+        got, params = _selected(model, names)
+        shapes = shapes or self.shapes
+        if [list(p.shape) for p in params] != shapes:
+            raise ValueError("the model's parameters do not match the statistics (names or shapes differ)")
+        return params
+
+    def add_task(self, model: torch.nn.Module, stats: TaskStats):
+        """Consolidate one finished task (its statistics from task_statistics on the same parameters)."""
+        if self.names is not None and (stats.names != self.names or stats.shapes != self.shapes):
+            raise ValueError("these statistics cover other parameters than the tasks already added")
+        self._check(model, stats.names, stats.shapes)
+        self.names, self.shapes = stats.names, stats.shapes
+        row = lambda v: v.reshape(1, -1).float()  # noqa: E731
+        self.mu = torch.cat([self.mu, row(stats.mu)]) if len(self.mu) else row(stats.mu)
+        self.theta_star = torch.cat([self.theta_star, row(stats.theta_star)]) if len(self.theta_star) \
+            else row(stats.theta_star)
+        self.c_star = torch.cat([self.c_star, torch.tensor([stats.c_star])])
+        self._impl = None
+
+    def _build(self, model):
+        """The fast per-step form (ewc.LowRankPenalty): directions split per parameter, u^T theta* precomputed."""
+        params = self._check(model)
+        impl = ewc.LowRankPenalty(self.lam)
+        impl.rows = [torch.stack([r.view(-1)[o:o + p.numel()] for r in self.mu]).to(p.device)
+                     for o, p in zip(_offsets(params), params)]
+        impl.w = self.c_star.double().to(params[0].device)
+        impl.u_theta_star = (self.mu.double() * self.theta_star.double()).sum(1).to(params[0].device)
+        impl.n_tasks = len(self.c_star)
+        return impl, params
+
+    def forward(self, model: torch.nn.Module) -> torch.Tensor:
+        if len(self.c_star) == 0:
+            return next(p for p in model.parameters()).new_zeros(())
+        if self._impl is None:
+            self._impl = self._build(model)
+        impl, params = self._impl
+        with ewc._fp32(params):
+            proj = torch.stack([r @ p.reshape(-1) for r, p in zip(impl.rows, params)]).double().sum(0)
+            return (0.5 * self.lam * (impl.w * (proj - impl.u_theta_star).pow(2)).sum()).float()
+
+    def save(self, path):
+        """Write the consolidated statistics to a safetensors file (names and shapes in its metadata)."""
+        import json
+        from safetensors.torch import save_file
+        save_file({"mu": self.mu.contiguous(), "c_star": self.c_star.contiguous(),
+                   "theta_star": self.theta_star.contiguous()}, str(path),
+                  metadata={"lam": str(self.lam), "names": json.dumps(self.names), "shapes": json.dumps(self.shapes),
+                            "format": "rank1lib.Rank1EWC/1"})
+
+    @classmethod
+    def load(cls, path, model: torch.nn.Module | None = None) -> "Rank1EWC":
+        """Read a penalty written by save(); with `model`, check that it has the same parameters."""
+        import json
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "rank1lib.Rank1EWC/1":
+                raise ValueError(f"{path}: not a Rank1EWC file")
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        pen = cls(float(meta["lam"]))
+        pen.names, pen.shapes = json.loads(meta["names"]), json.loads(meta["shapes"])
+        pen.mu, pen.c_star, pen.theta_star = t["mu"], t["c_star"], t["theta_star"]
+        if model is not None:
+            pen._check(model)
+        return pen
+
+
+def _offsets(params):
+    out, o = [], 0
+    for p in params:
+        out.append(o)
+        o += p.numel()
+    return out

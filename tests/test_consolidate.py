@@ -1,0 +1,81 @@
+"""Public API: task statistics from a user's per-sample loss, the Rank1EWC penalty, save/load."""
+import pytest
+import torch
+
+import rank1lib
+from rank1lib import diffusion, fisher
+from rank1lib.models import build_unet
+
+
+def _setup(n=12, seed=5):
+    torch.manual_seed(0)
+    net = build_unet("small1", 10)  # no attention, no dropout: train/eval mode give the same gradients
+    x = torch.randint(0, 256, (16, 1, 32, 32), dtype=torch.uint8)
+    y = torch.arange(16) % 10
+    x0, yy, t, eps = fisher.joint_samples(x, y, n, seed)
+    batches = [(x0[i:i + 5], yy[i:i + 5], t[i:i + 5], eps[i:i + 5]) for i in range(0, n, 5)]
+    return net, x, y, batches
+
+
+def loss_fn(model, batch):
+    x0, y, t, eps = batch
+    ab = diffusion.alpha_bar()
+    x_t = diffusion.q_sample(diffusion.to_model_range(x0), t, eps, ab)
+    return diffusion.per_sample_loss(model(x_t, t, class_labels=y).sample, eps)
+
+
+def test_statistics_equal_the_per_sample_reference():
+    net, x, y, batches = _setup()
+    st = rank1lib.task_statistics(net, loss_fn, batches, diag=True)
+    mu_ref, c_ref = fisher.mu_c_star_loop(net, x, y, 12, seed=5)
+    assert (st.mu - mu_ref).abs().max() <= 1e-5 * mu_ref.abs().max()
+    assert abs(st.c_star - c_ref) <= 1e-5 * abs(c_ref)
+    d_ref = fisher.diag_fisher(net, x, y, 12, seed=5, method="loop")
+    assert (st.diag - d_ref).abs().max() <= 1e-5 * d_ref.abs().max()
+    assert st.n_samples == 12 and torch.equal(st.theta_star, fisher.flat_params(net))
+
+
+def test_penalty_matches_the_formula_and_survives_save_load(tmp_path):
+    net, x, y, batches = _setup()
+    pen = rank1lib.Rank1EWC(lam=300.0)
+    assert float(pen(net)) == 0.0
+    s1 = rank1lib.task_statistics(net, loss_fn, batches)
+    pen.add_task(net, s1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    s2 = rank1lib.task_statistics(net, loss_fn, batches)
+    pen.add_task(net, s2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    theta = fisher.flat_params(net).double()
+    want = sum(0.5 * 300.0 * s.c_star * float(s.mu.double() @ (theta - s.theta_star.double())) ** 2 for s in (s1, s2))
+    got = pen(net)
+    assert got.requires_grad and abs(float(got) - want) <= 1e-4 * want
+    f = tmp_path / "ewc.safetensors"
+    pen.save(f)
+    again = rank1lib.Rank1EWC.load(f, net)
+    assert abs(float(again(net)) - float(got)) <= 1e-6 * float(got)
+    with pytest.raises(ValueError, match="not in the model"):
+        rank1lib.Rank1EWC.load(f, torch.nn.Linear(3, 3))
+    with torch.no_grad():  # same names, other shapes
+        other = build_unet("small1", 10)
+        other.conv_in.weight = torch.nn.Parameter(torch.zeros(16, 1, 5, 5))
+    with pytest.raises(ValueError, match="do not match"):
+        rank1lib.Rank1EWC.load(f, other)
+
+
+def test_selected_parameters_and_bad_inputs():
+    net, x, y, batches = _setup()
+    names = [n for n, _ in net.named_parameters()][:3]
+    st = rank1lib.task_statistics(net, loss_fn, batches, names=names)
+    assert st.names == names and st.mu.numel() == sum(p.numel() for n, p in net.named_parameters() if n in names)
+    with pytest.raises(ValueError, match="not in the model"):
+        rank1lib.task_statistics(net, loss_fn, batches, names=["nope.weight"])
+    with pytest.raises(ValueError, match=r"\(n,\) tensor"):
+        rank1lib.task_statistics(net, lambda m, b: loss_fn(m, b).sum(), batches)
+    pen = rank1lib.Rank1EWC(1.0)
+    pen.add_task(net, st)
+    with pytest.raises(ValueError, match="other parameters"):
+        pen.add_task(net, rank1lib.task_statistics(net, loss_fn, batches))

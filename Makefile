@@ -10,7 +10,7 @@ EXEC_DIR := _build/executed/$(PROFILE)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 QUIET_PIP := { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: install data test unit nbcheck render book mathjax clean
+.PHONY: install data test unit nbcheck render book mathjax wheelcheck clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -59,6 +59,11 @@ book: install data mathjax
 	grep -i "warning" _build/jupyter-book.log || true
 	cp -r _build/site/_build/html _build/html
 	@echo "Book built: $$(pwd)/_build/html/index.html"
+
+# The package on its own: wheel from a clean clone, fresh venv, core install has no book packages,
+# chapter 8's example runs against the installed wheel (a few minutes: the venv gets its own torch).
+wheelcheck: install
+	bash tests/wheel_check.sh
 
 clean:
 	rm -rf _build

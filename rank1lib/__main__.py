@@ -1,4 +1,4 @@
-"""Command line: python -m rank1lib [--threads N] {list, run, fetch, bench, campaign}."""
+"""Command line: python -m rank1lib [--threads N] {list, run, fetch, bench, campaign, claims, status}."""
 import argparse
 import json
 import os
@@ -97,6 +97,18 @@ def cmd_claims(args):
         print(json.dumps({"profile": args.profile, "claims": rows}, default=str))
 
 
+def cmd_status(args):
+    from . import status
+    rows = status.rows(args.profile)
+    if args.json:
+        print(json.dumps({"profile": args.profile, "artefacts": rows}))
+        return
+    for r in rows:
+        print(f"{r['paper']:<20} {r['what'][:48]:<48} {r['status']}")
+        if r["command"]:
+            print(f"{'':<20} -> {r['command']}")
+
+
 def set_threads(n):
     """The one place that sets torch's thread count (0 = torch's default: all cores)."""
     if n:
@@ -128,6 +140,9 @@ def parser():
     b.add_argument("--json", action="store_true")
     b.add_argument("--store", action="store_true", help="keep the result in the store (the book's performance page reads it)")
     b.add_argument("--force", action="store_true", help="store it even if the machine was busy (marked contended)")
+    st = sub.add_parser("status", help="which paper figures and tables a profile's store holds")
+    st.add_argument("--profile", default="cpu")
+    st.add_argument("--json", action="store_true")
     k = sub.add_parser("claims", help="the paper's claims with verdicts from stored results")
     k.add_argument("--profile", default="cpu")
     k.add_argument("--json", action="store_true")
@@ -147,13 +162,20 @@ def main(argv=None):
     set_threads(args.threads)
     try:
         rc = {"list": cmd_list, "run": cmd_run, "fetch": cmd_fetch, "bench": cmd_bench,
-              "campaign": cmd_campaign, "claims": cmd_claims}[args.cmd](args)
+              "campaign": cmd_campaign, "claims": cmd_claims,
+              "status": cmd_status}[args.cmd](args)
     except DeadlineReached as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        if args.debug or os.environ.get("RANK1_DEBUG"):
+            raise
+        print(f"error: module {e.name!r} is missing: the experiments need pip install 'rank1lib[repro]'",
+              file=sys.stderr)
+        return 2
     except (ConfigError, data.DataMissing, store.ResultPending, NonFiniteLoss, ValueError, OSError,
             bench.Contended) as e:
         if args.debug or os.environ.get("RANK1_DEBUG"):

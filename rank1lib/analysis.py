@@ -14,7 +14,7 @@ import torch
 
 from . import data, diffusion, fisher, store, vae
 from .models import build_unet, n_params
-from .profiles import Config
+from .profiles import Config, set_args
 from .registry import experiment
 from .train import pick_device, snapshot_steps, state_root, steps_for, train
 
@@ -145,7 +145,8 @@ def tweedie_mse(cfg, dataset=None, seed=0, arch=None, progress=True):
         return info | {"t": FIG1_T, "mse": mse, "mse_eps": mse_eps, "mean_xt2": mse_xt, "n": n}, None, str(device)
 
     return store.load_or_compute(cfg.name, "tweedie", f"{name}-{arch}-s{seed}", conf, compute, **store.policy(cfg),
-                                 command=f"python -m rank1lib run tweedie --profile {cfg.name} --dataset {name}")
+                                 command=f"python -m rank1lib run tweedie --profile {cfg.name} --dataset {name} --seed {seed}"
+                                         f"{set_args(cfg)}")
 
 
 def spectrum_compute(net, x, y, n_samples, timesteps, seed, progress=True, k=5):
@@ -185,7 +186,8 @@ def spectrum(cfg, dataset=None, seed=0, arch=None, progress=True):
 
     return store.load_or_compute(cfg.name, "spectrum", f"{name}-{arch}-s{seed}", conf, compute, **store.policy(cfg),
                                  command=f"python -m rank1lib run spectrum --profile {cfg.name} "
-                                         f"--dataset {name} --set analysis_model={arch}")
+                                         f"--dataset {name} --seed {seed} --set analysis_model={arch}"
+                                         f"{set_args(cfg, ('dataset', 'analysis_model'))}")
 
 
 @experiment("vae", "App. C: share of the top Fisher eigenvalue, VAE (beta = 1, 1e-3) vs DDPM")
@@ -210,4 +212,5 @@ def vae_share(cfg, dataset=None, seed=0, progress=True):
         return values, None, "cpu"
 
     return store.load_or_compute(cfg.name, "vae", f"{name}-s{seed}", conf, compute, **store.policy(cfg),
-                                 command=f"python -m rank1lib run vae --profile {cfg.name} --dataset {name}")
+                                 command=f"python -m rank1lib run vae --profile {cfg.name} --dataset {name} --seed {seed}"
+                                         f"{set_args(cfg)}")

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from . import ewc, fid, store
+from . import fid, store
 from .bench import benchmark
 from .diffusion import alpha_bar, ddim_sample, loss_simple, to_model_range
 from .models import build_unet, n_params
@@ -76,12 +76,14 @@ def fast_step_fn(model, x, y, cfg, device, penalty=None):
 
 
 def penalties(model, n_tasks=4, lam=15000.0):
-    """Rank-1 and diagonal penalties holding n_tasks random past tasks (the cost does not depend on values)."""
+    """Rank-1 (the public Rank1EWC, as the continual loop uses it) and diagonal penalties holding n_tasks
+    random past tasks (the cost does not depend on the values)."""
+    from .continual import add_to_penalty, make_penalty
     P = n_params(model)
     g = torch.Generator().manual_seed(0)
-    r1, dg = ewc.rank1_penalty(lam), ewc.DiagPenalty(lam)
+    r1, dg = make_penalty("rank1", lam), make_penalty("diag", lam)
     for _ in range(n_tasks):
-        r1.add_task(model, torch.randn(P, generator=g) * 1e-3, [1.0])
+        add_to_penalty(r1, "rank1", model, {"mu": torch.randn(P, generator=g) * 1e-3, "c_star": 1.0})
         dg.add_task(model, torch.rand(P, generator=g) * 1e-3)
     return r1, dg
 

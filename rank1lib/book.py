@@ -58,9 +58,10 @@ def stored(fn, cfg, *args, **kw):
         note(f"**Data missing on this machine**, so the cells that need this result are skipped: {e}", "warning")
         return None
     except ResultPending as e:
-        msg = str(e).split("; ", 1)[-1]
+        how = (f"It is computed by `{e.command}` (or, for the whole tier, `python -m rank1lib campaign "
+               f"--profile {cfg.name}`)." if e.command else str(e))
         note(f"**Pending at profile `{cfg.name}`.** This result is not in the committed store yet, so the "
-             f"cells that need it are skipped. {msg}", "warning")
+             f"cells that need it are skipped. {how}", "warning")
         return None
 
 
@@ -78,22 +79,45 @@ def provenance_line(rec) -> str:
     p = rec["provenance"]
     wall = f", {p['wall_s']:.0f} s" if p.get("wall_s") else ""
     threads = f" ({p['threads']} threads)" if p.get("threads") else ""
+    data = "; data: " + "; ".join(f"{k} from {v}" for k, v in p["data"].items()) if p.get("data") else ""
     return (f"{rec['experiment']}/{rec['name']} [{rec['profile']}]: computed on {p['device']}{threads}, commit "
-            f"{p['commit']}, {p['date']}{wall}")
+            f"{p['commit']}, {p['date']}{wall}{data}")
+
+
+def _ipc_kernel_manager():
+    """Kernels on local IPC sockets instead of loopback TCP (no plain-text TCP, no kernel warning)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = "ipc"
+    return IPCKernelManager
 
 
 def execute(notebooks, profile, out):
-    """Execute chapters with papermill at `profile`, writing executed copies to `out`."""
+    """Execute chapters with papermill at `profile`, writing executed copies to `out`; one line per
+    chapter with its wall time (and what the chapter is about) as it goes."""
     import os
+    import time
+    import nbformat
     import papermill as pm
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for terminals, not rendered pages
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # the claims ledger (00_*) reads what the chapters store, so it runs after them
-    for nb in sorted(map(Path, notebooks), key=lambda p: (p.name.startswith("00_"), p.name)):
-        print(f"executing {nb.name} at profile {profile}", flush=True)
+    order = sorted(map(Path, notebooks), key=lambda p: (p.name.startswith("00_"), p.name))
+    t_all = time.time()
+    for i, nb in enumerate(order, 1):
+        title = next((c.source.splitlines()[0].lstrip("# ") for c in nbformat.read(nb, 4).cells
+                      if c.cell_type == "markdown" and c.source.startswith("#")), nb.stem)
+        print(f"[{i}/{len(order)}] {nb.name} at profile {profile}: {title} ...", end="", flush=True)
+        t0 = time.time()
         pm.execute_notebook(str(nb), str(out / nb.name), parameters={"profile": profile},
-                            cwd=str(nb.parent), progress_bar=False, kernel_name="python3")
+                            cwd=str(nb.parent), progress_bar=False, kernel_name="python3",
+                            kernel_manager_class=_ipc_kernel_manager())
+        print(f" {time.time() - t0:.0f} s", flush=True)
+    print(f"executed {len(order)} chapters in {time.time() - t_all:.0f} s", flush=True)
 
 
 def stage(profile, executed):
@@ -104,16 +128,18 @@ def stage(profile, executed):
     for f in ("_config.yml", "_toc.yml", "references.bib"):
         if (REPO / f).exists():
             shutil.copy(REPO / f, site / f)
+    shutil.copytree(REPO / "book" / "_static", site / "_static")
     mathjax = REPO / "_build" / "mathjax"
     if (mathjax / "tex-chtml.js").exists():  # offline math: serve the local MathJax (make mathjax)
         shutil.copytree(mathjax, site / "_static" / "mathjax")
         text = (site / "_config.yml").read_text()
-        text = text.replace("  config:\n", "  config:\n    mathjax_path: mathjax/tex-chtml.js\n"
-                                           "    html_static_path: [_static]\n", 1)
+        text = text.replace("  config:\n", "  config:\n    mathjax_path: mathjax/tex-chtml.js\n", 1)
         (site / "_config.yml").write_text(text)
     for f in (REPO / "book").iterdir():
         if f.suffix in (".md", ".png", ".bib"):
             shutil.copy(f, site / "book" / f.name)
+    intro = site / "book" / "intro.md"
+    intro.write_text(with_status(intro.read_text(), profile))
     import nbformat
     for path in Path(executed).glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
@@ -122,6 +148,18 @@ def stage(profile, executed):
                 cell.metadata["tags"] = cell.metadata["tags"] + ["remove-cell"]
         nbformat.write(nb, site / "book" / path.name)
     print(f"staged book for profile {profile} in {site}")
+
+
+def with_status(text, profile):
+    """The landing page with its status paragraph (after `<!-- status-table -->`) replaced by the
+    table computed from the store at `profile` (see rank1lib.status)."""
+    from . import status
+    head, marker, tail = text.partition("<!-- status-table -->")
+    if not marker:
+        return text
+    rest = tail.lstrip("\n").split("\n\n", 1)
+    table = (f"Built at profile `{profile}` from commit `{git_commit()}`.\n\n" + status.markdown(profile))
+    return head + table + ("\n\n" + rest[1] if len(rest) > 1 else "\n")
 
 
 def main(argv=None):

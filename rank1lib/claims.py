@@ -194,21 +194,16 @@ def _c7(cfg):
     return "median r_t: " + ", ".join(f"{a} {m:.3f}" for a, m in med.items()), checks, list(recs.values())
 
 
-def _late_r(row, t):
-    r = np.array(row["r"])
-    return float(r[np.array(t) >= 500].mean())
-
-
 def _c13(cfg):
-    from .trajectory import init_spread, trajectory
+    from .trajectory import init_spread, late_r, trajectory
     trec, irec = _get(trajectory, cfg), _get(init_spread, cfg)
     if trec is None or irec is None:
         return None
     t = trec.values["t"]
     rows = trec.values["rows"]
     steps = np.array([r["step"] for r in rows])
-    late = np.array([_late_r(r, t) for r in rows])
-    init = np.array([_late_r(r, irec.values["t"]) for r in irec.values["rows"]])
+    late = np.array([late_r(r, t) for r in rows])
+    init = np.array([late_r(r, irec.values["t"]) for r in irec.values["rows"]])
     half = int(np.argmin(np.abs(steps - steps[-1] / 2)))
     lo = init.mean() - 2 * init.std(ddof=1)
     checks = [("final below init mean - 2 sd", late[-1] < lo), ("no rise over the second half", late[-1] <= late[half])]

@@ -16,6 +16,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from . import ewc
 
@@ -23,9 +24,15 @@ __all__ = ["TaskStats", "task_statistics", "Rank1EWC"]
 
 
 def _unwrap(model):
-    """The module inside a DistributedDataParallel / DataParallel wrapper (same parameter names)."""
-    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel,
-                                              torch.nn.DataParallel)) else model
+    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers (their
+    parameter names carry a prefix; the parameters themselves are the same tensors)."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile(model)
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _selected(model, names=None):
@@ -72,18 +79,21 @@ def _plain_attention(model):
             m.set_processor(proc)
 
 
-def task_statistics(model: torch.nn.Module, per_sample_loss, batches, names=None, diag: bool = False) -> TaskStats:
+def task_statistics(model: torch.nn.Module, per_sample_loss, batches, names=None, diag: bool = False,
+                    progress: bool = False) -> TaskStats:
     """mu = E[g], c* = E[(mu^T g)^2] / ||mu||^4 (eq. 5-6) and optionally the diagonal Fisher E[g^2],
     over every sample of `batches`, for the parameters `names` (default: all trainable ones)."""
-    with _plain_attention(model):
-        return _task_statistics(model, per_sample_loss, batches, names, diag)
+    from .fisher import full_precision
+    with _plain_attention(model), full_precision():  # no TF32 on a GPU: exact float32 statistics
+        return _task_statistics(model, per_sample_loss, batches, names, diag, progress)
 
 
-def _task_statistics(model, per_sample_loss, batches, names, diag):
+def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
     names, params = _selected(model, names)
     batches = list(batches)
     mu = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     n = 0
+    bar = tqdm(total=2 * len(batches), desc="task statistics", disable=not progress, leave=False)
     for batch in batches:  # pass 1: sum_i g_i
         losses = per_sample_loss(model, batch)
         if losses.dim() != 1:
@@ -91,6 +101,7 @@ def _task_statistics(model, per_sample_loss, batches, names, diag):
         for m, g in zip(mu, torch.autograd.grad(losses.sum(), params)):
             m += g.double()
         n += len(losses)
+        bar.update()
     mu = [m / n for m in mu]
     mu32 = [m.to(p.dtype) for m, p in zip(mu, params)]
     dots, d2 = [], None
@@ -105,6 +116,8 @@ def _task_statistics(model, per_sample_loss, batches, names, diag):
                 g = torch.autograd.grad(li, params, retain_graph=True)
                 sq = torch.cat([x.reshape(-1) for x in g]).double().pow(2)
                 d2 = sq if d2 is None else d2 + sq
+        bar.update()
+    bar.close()
     mu_flat = torch.cat([m.reshape(-1) for m in mu])
     c_star = float(torch.cat(dots).pow(2).mean() / mu_flat.dot(mu_flat).pow(2))
     theta = torch.cat([p.detach().reshape(-1).double() for p in params])
@@ -122,9 +135,14 @@ class Rank1EWC(torch.nn.Module):
         self.lam = float(lam)
         self.names, self.shapes = None, None
         self.register_buffer("mu", torch.zeros(0, 0))          # (K, P) one row per past task
-        self.register_buffer("c_star", torch.zeros(0))         # (K,)
+        self.register_buffer("c_star", torch.zeros(0, dtype=torch.float64))  # (K,)
         self.register_buffer("theta_star", torch.zeros(0, 0))  # (K, P)
         self._impl = None
+
+    @property
+    def n_tasks(self) -> int:
+        """Number of tasks added so far."""
+        return len(self.c_star)
 
     def _check(self, model, names=None, shapes=None):
         names = names or self.names
@@ -144,29 +162,23 @@ class Rank1EWC(torch.nn.Module):
         self.mu = torch.cat([self.mu, row(stats.mu)]) if len(self.mu) else row(stats.mu)
         self.theta_star = torch.cat([self.theta_star, row(stats.theta_star)]) if len(self.theta_star) \
             else row(stats.theta_star)
-        self.c_star = torch.cat([self.c_star, torch.tensor([stats.c_star])])
+        self.c_star = torch.cat([self.c_star, torch.tensor([stats.c_star], dtype=torch.float64)])
         self._impl = None
 
     def _build(self, model):
-        """The fast per-step form (ewc.LowRankPenalty): directions split per parameter, u^T theta* precomputed."""
-        params = self._check(model)
-        impl = ewc.LowRankPenalty(self.lam)
-        impl.rows = [torch.stack([r.view(-1)[o:o + p.numel()] for r in self.mu]).to(p.device)
-                     for o, p in zip(_offsets(params), params)]
-        impl.w = self.c_star.double().to(params[0].device)
-        impl.u_theta_star = (self.mu.double() * self.theta_star.double()).sum(1).to(params[0].device)
-        impl.n_tasks = len(self.c_star)
-        return impl, params
+        """The per-step form: an ewc.LowRankPenalty over the selected parameters, one direction per task."""
+        self._check(model)
+        impl = ewc.LowRankPenalty(self.lam, select=lambda m: _selected(m, self.names)[1])
+        for mu, c, theta in zip(self.mu, self.c_star, self.theta_star):
+            impl.add_task(model, mu, [float(c)], theta_star=theta)
+        return impl
 
     def forward(self, model: torch.nn.Module) -> torch.Tensor:
         if len(self.c_star) == 0:
             return next(p for p in model.parameters()).new_zeros(())
         if self._impl is None:
             self._impl = self._build(model)
-        impl, params = self._impl
-        with ewc._fp32(params):
-            proj = torch.stack([r @ p.reshape(-1) for r, p in zip(impl.rows, params)]).double().sum(0)
-            return (0.5 * self.lam * (impl.w * (proj - impl.u_theta_star).pow(2)).sum()).float()
+        return self._impl(model)
 
     def save(self, path):
         """Write the consolidated statistics to a safetensors file (names and shapes in its metadata)."""
@@ -193,11 +205,3 @@ class Rank1EWC(torch.nn.Module):
         if model is not None:
             pen._check(model)
         return pen
-
-
-def _offsets(params):
-    out, o = [], 0
-    for p in params:
-        out.append(o)
-        o += p.numel()
-    return out

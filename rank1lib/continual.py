@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from . import data, ewc, fid, fisher, replay, store
+from . import consolidate, data, ewc, fid, fisher, replay, store
 from .diffusion import ddim_sample
 from .models import build_unet, n_params
 from .train import ckpt_root, pick_device, steps_for, switch, train
@@ -163,9 +163,18 @@ def task_statistics(kind, model, x, y, cfg, seed):
     return {"V": V, "s": s}
 
 
+def make_penalty(kind, lam):
+    """Rank-1 EWC through the public API (consolidate.Rank1EWC); diag and rank-k from ewc."""
+    return consolidate.Rank1EWC(lam) if kind == "rank1" else ewc.make_penalty(kind, lam)
+
+
 def add_to_penalty(pen, kind, model, st):
-    if kind == "rank1":
-        pen.add_task(model, st["mu"], [st["c_star"]])
+    if kind == "rank1":  # theta*_k = the weights the task ended with
+        params = [p for p in model.parameters() if p.requires_grad]
+        pen.add_task(model, consolidate.TaskStats(
+            mu=torch.as_tensor(st["mu"]), c_star=float(st["c_star"]),
+            theta_star=torch.cat([p.detach().reshape(-1).float().cpu() for p in params]),
+            names=fisher.param_names(model), shapes=[list(p.shape) for p in params], n_samples=0))
     elif kind == "diag":
         pen.add_task(model, st["F"])
     else:
@@ -243,7 +252,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
             shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
         return summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid)
     kind, gd = RECIPES[method]
-    pen = ewc.make_penalty(kind, cfg.lam) if kind else None
+    pen = make_penalty(kind, cfg.lam) if kind else None
     distill = None
     for k in tqdm(range(T), desc=f"{method} on {dataset} (seed {seed})", disable=not progress, leave=False):
         d = root / lineage(cfg, method, k) / f"task{k + 1}"

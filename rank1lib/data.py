@@ -75,7 +75,12 @@ def pad_to_32(x):
     return torch.nn.functional.pad(x, (2, 2, 2, 2))
 
 
+# name -> where it was read from, for every dataset this process loaded (recorded with each result)
+LOADED = {}
+
+
 def _as_set(name, tx, ty, vx, vy, source):
+    LOADED[name] = f"{source}; {len(tx)} train / {len(vx)} test images"
     return ImageSet(name, tx, torch.as_tensor(np.array(ty), dtype=torch.long),
                     vx, torch.as_tensor(np.array(vy), dtype=torch.long), source)
 
@@ -148,7 +153,6 @@ def load_mnist5k(root=None, download=False, test_per_class=100):
 
 
 def _torchvision(name, cls, root, download, pad):
-    import torchvision
     r = data_root(root)
     try:
         ds = cls(str(r), train=True, download=download)

@@ -35,16 +35,17 @@ def _fp32(params):
 class LowRankPenalty:
     """lam/2 sum_k sum_j w_kj (u_kj^T (theta - theta*_k))^2; rank-1 EWC is u = mu, w = c* (eq. 6)."""
 
-    def __init__(self, lam):
+    def __init__(self, lam, select=None):
         self.lam = float(lam)
+        self.select = select or _params  # model -> the parameter tensors covered, in a fixed order
         self.rows = None   # per parameter tensor: (K, n_i), all directions of all past tasks
         self.w = None      # (K,) weights
         self.u_theta_star = None  # (K,) float64, u_kj^T theta*_k
         self.n_tasks = 0
 
-    def add_task(self, model, U, w):
-        """Store task k: U (P, r) directions, w (r,) weights, theta*_k = the model's current weights."""
-        params = _params(model)
+    def add_task(self, model, U, w, theta_star=None):
+        """Store task k: U (P, r) directions, w (r,) weights, theta*_k (P,) (default: the model's weights)."""
+        params = self.select(model)
         U = torch.as_tensor(U, dtype=torch.float32)
         U = U[:, None] if U.dim() == 1 else U
         w = torch.as_tensor(w, dtype=torch.float64).reshape(-1).to(params[0].device)
@@ -52,8 +53,9 @@ class LowRankPenalty:
             raise ValueError(f"{U.shape[1]} directions but {len(w)} weights")
         cols = [split_like(U[:, j].contiguous(), params) for j in range(U.shape[1])]
         new = [torch.stack([c[i].reshape(-1) for c in cols]) for i in range(len(params))]
+        ref = params if theta_star is None else split_like(theta_star, params)
         with torch.no_grad():
-            uts = sum(r.double() @ p.detach().reshape(-1).double() for r, p in zip(new, params))
+            uts = sum(r.double() @ p.detach().reshape(-1).double() for r, p in zip(new, ref))
         if self.rows is None:
             self.rows, self.w, self.u_theta_star = new, w, uts
         else:
@@ -63,7 +65,7 @@ class LowRankPenalty:
         self.n_tasks += 1
 
     def __call__(self, model):
-        params = _params(model)
+        params = self.select(model)
         if self.rows is None or self.lam == 0:
             return params[0].new_zeros(())
         with _fp32(params):

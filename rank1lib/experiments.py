@@ -5,6 +5,7 @@ from . import data, store
 from .diffusion import ddim_sample
 from .models import build_unet, n_params, MODELS
 from .plots import image_grid
+from .profiles import set_args
 from .registry import experiment
 from .train import ckpt_root, pick_device, steps_for, train
 
@@ -73,4 +74,5 @@ def train_run(cfg, dataset=None, seed=0, model=None, progress=True):
 
     return store.load_or_compute(cfg.name, "train", f"{name}-{arch}-s{seed}", conf, compute,
                                  **store.policy(cfg),
-                                 command=f"python -m rank1lib run train --profile {cfg.name} --dataset {name}")
+                                 command=f"python -m rank1lib run train --profile {cfg.name} --dataset {name} --seed {seed}"
+                                         f"{set_args(cfg)}")

@@ -31,8 +31,20 @@ def _attention_modules(model):
 
 
 @contextlib.contextmanager
+def full_precision():
+    """TF32 off for matmuls and cuDNN convolutions (PyTorch enables it for cuDNN by default): Fisher
+    statistics on a GPU keep the float32 accuracy the CPU tests assert. Restored on exit."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
 def grad_mode(model):
-    """Eval mode + diffusers' plain AttnProcessor (vmap-able backward); restored on exit."""
+    """Eval mode + diffusers' plain AttnProcessor (vmap-able backward) + full_precision(); restored on exit."""
     from diffusers.models.attention_processor import AttnProcessor
     was_training = model.training
     saved = [(m, m.processor) for m in _attention_modules(model)]
@@ -40,7 +52,8 @@ def grad_mode(model):
     for m, _ in saved:
         m.set_processor(AttnProcessor())
     try:
-        yield model
+        with full_precision():
+            yield model
     finally:
         for m, proc in saved:
             m.set_processor(proc)
@@ -130,44 +143,30 @@ def joint_samples(x0_uint8, y, n_samples, seed, t=None):
     return x0_uint8[idx], torch.as_tensor(y)[idx].long(), tt, eps
 
 
-def _batch_losses(model, params, buffers, x0, y, t, eps, ab):
-    """Per-sample losses l_i (n,) of a batch under functional parameters."""
-    x_t = diffusion.q_sample(x0, t, eps, ab)
-    out = functional_call(model, (params, buffers), (x_t, t), {"class_labels": y}).sample
-    return diffusion.per_sample_loss(out, eps)
+def diffusion_loss(ab):
+    """rank1lib's per-sample loss as a `per_sample_loss(model, (x0, y, t, eps))` for the public API."""
+    def loss(model, batch):
+        x0, y, t, eps = batch
+        return diffusion.per_sample_loss(diffusion.eps_theta(model, diffusion.q_sample(x0, t, eps, ab), t, y), eps)
+    return loss
 
 
 def mu_c_star(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
     """mu = E[g] and c* = E[(mu^T g)^2] / ||mu||^4 over the joint sampling of sec. 3.3.
 
-    Batched, no per-sample gradient: pass 1 backpropagates the summed loss of each chunk
-    (sum_i g_i); pass 2 gets every mu^T g_i at once as a forward-mode JVP of the per-sample
-    losses in direction mu. Returns (mu flat float32 (P,) on CPU, c_star float).
+    The book's path through the public API (consolidate.task_statistics): per chunk, one backward of
+    the summed loss (sum_i g_i), then one double backward for every mu^T g_i; no per-sample gradient.
+    Returns (mu flat float32 (P,) on CPU, c_star float).
     """
+    from .consolidate import task_statistics
     x0, yy, t, eps = joint_samples(x0_uint8, y, n_samples, seed)
     device = next(model.parameters()).device
     x0, yy, t, eps = _as_model_range(x0).to(device), yy.to(device), t.to(device), eps.to(device)
-    ab = diffusion.alpha_bar(device)
-    names = param_names(model)
-    starts = range(0, n_samples, chunk)
+    batches = [(x0[s:s + chunk], yy[s:s + chunk], t[s:s + chunk], eps[s:s + chunk])
+               for s in range(0, n_samples, chunk)]
     with grad_mode(model):
-        params = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
-        fixed = {n: p.detach() for n, p in model.named_parameters() if n not in set(names)}
-        buffers = dict(model.named_buffers())
-        f = lambda p, s: _batch_losses(model, {**fixed, **p}, buffers, x0[s:s + chunk], yy[s:s + chunk],
-                                       t[s:s + chunk], eps[s:s + chunk], ab)
-        mu = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
-        for s in tqdm(starts, desc="mu", disable=not progress, leave=False):
-            gs = grad(lambda p: f(p, s).sum())(params)
-            for n in names:
-                mu[n] += gs[n].double()
-        mu = {n: (v / n_samples) for n, v in mu.items()}
-        mu32 = {n: v.to(params[n].dtype) for n, v in mu.items()}
-        dots = [torch.func.jvp(lambda p: f(p, s), (params,), (mu32,))[1].double()
-                for s in tqdm(starts, desc="mu^T g", disable=not progress, leave=False)]
-    mu_flat = torch.cat([mu[n].reshape(-1) for n in names])
-    c_star = float(torch.cat(dots).pow(2).mean() / mu_flat.dot(mu_flat).pow(2))
-    return mu_flat.float().cpu(), c_star
+        st = task_statistics(model, diffusion_loss(diffusion.alpha_bar(device)), batches, progress=progress)
+    return st.mu, st.c_star
 
 
 def mu_c_star_loop(model, x0_uint8, y, n_samples, seed):

@@ -167,8 +167,19 @@ def load_profile(name="quick", **overrides) -> Config:
     return Config(cfg, name=name)
 
 
+def set_args(cfg, skip=("dataset",)) -> str:
+    """' --set k=v' for every value of cfg that differs from its profile file (for printed commands)."""
+    import json
+    import shlex
+    base = _read(cfg.name)
+    text = lambda v: json.dumps(v) if v is None or isinstance(v, (list, dict, bool)) else str(v)  # noqa: E731
+    return "".join(f" --set {shlex.quote(f'{k}={text(v)}')}"
+                   for k, v in cfg.items() if k != "name" and k not in skip and base.get(k) != v)
+
+
 def check_seed(seed) -> int:
     """A run seed: an integer in 0..2^32-1."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+    import numbers
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 32:
         raise ConfigError(f"bad seed {seed!r} (expected an integer in 0..2^32-1)")
-    return seed
+    return int(seed)

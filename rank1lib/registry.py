@@ -1,5 +1,7 @@
 """Experiment registry: `python -m rank1lib run <name>` and the notebooks call the same functions."""
+import functools
 import importlib
+import inspect
 
 EXPERIMENTS = {}
 # Modules whose import registers experiments (one per chapter family).
@@ -7,11 +9,24 @@ MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.trajectory", "
 
 
 def experiment(name, help=""):
-    """Decorator: register fn(cfg, dataset, seed, **kw) under `name`."""
+    """Decorator: register fn(cfg, dataset, seed, **kw) under `name`; a bad dataset or seed (from the
+    CLI, a notebook parameter or a call) is refused with one ConfigError line before any work."""
     def wrap(fn):
-        fn.help = help or (fn.__doc__ or "").strip().splitlines()[0]
-        EXPERIMENTS[name] = fn
-        return fn
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def checked(*args, **kw):
+            from .data import check_name
+            from .profiles import check_seed
+            bound = sig.bind_partial(*args, **kw).arguments
+            if bound.get("dataset") is not None:
+                check_name(bound["dataset"])
+            if "seed" in bound:
+                check_seed(bound["seed"])
+            return fn(*args, **kw)
+        checked.help = help or (fn.__doc__ or "").strip().splitlines()[0]
+        EXPERIMENTS[name] = checked
+        return checked
     return wrap
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 
 from . import continual, store
 from .continual import TABLE1
+from .profiles import set_args
 from .registry import experiment
 from .train import pick_device
 
@@ -64,7 +65,7 @@ def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
     return store.load_or_compute(
         cfg.name, "continual", f"{name}-{method}-s{seed}", conf, compute, **store.policy(cfg),
         command=f"python -m rank1lib run continual --profile {cfg.name} --dataset {name} --method {method} "
-                f"--seed {seed}")
+                f"--seed {seed}{set_args(cfg)}")
 
 
 def collect(cfg, dataset, methods, seeds=None, progress=True):
@@ -179,7 +180,7 @@ def plot_task_curves(axes, recs):
     for i, ax in enumerate(axes):
         ax.set(xlabel="after task k", ylabel=f"FID on task {i + 1}", title=f"task {i + 1}",
                xticks=range(1, len(axes) + 1), xlim=(0.5, len(axes) + 0.5))
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=8)
 
 
 def sample_strip(rec, cls_index):

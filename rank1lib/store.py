@@ -14,10 +14,18 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# A source checkout (book, profiles, git history) or an installed wheel (then results and
+# checkpoints default to the working directory and the commit is unknown).
+CHECKOUT = (REPO / "pyproject.toml").is_file() and (REPO / "book").is_dir()
+HOME = REPO if CHECKOUT else Path.cwd()
 
 
 class ResultPending(RuntimeError):
     """A result is not in the store and is not computed here; the message names the command."""
+
+    def __init__(self, message, command=None):
+        super().__init__(message)
+        self.command = command  # the command line that computes it
 
 
 class NeedsGPU(ResultPending):
@@ -52,7 +60,7 @@ def policy(cfg) -> dict:
 
 def results_root() -> Path:
     """Root of the store: $RANK1_RESULTS, else <repo>/book/results."""
-    return Path(os.environ.get("RANK1_RESULTS") or REPO / "book" / "results")
+    return Path(os.environ.get("RANK1_RESULTS") or HOME / "book" / "results")
 
 
 def check_writable(folder) -> Path:
@@ -82,6 +90,8 @@ def config_hash(config) -> str:
 
 
 def git_commit() -> str:
+    if not CHECKOUT:
+        return "unknown (installed package)"
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5)
@@ -108,7 +118,9 @@ def provenance(device=None, wall_s=None) -> dict:
         except metadata.PackageNotFoundError:
             versions[p] = None
     import torch
+    data_mod = sys.modules.get("rank1lib.data")  # the datasets this process read, and from where
     return {"commit": git_commit(), "versions": versions, "device": device_name(device),
+            "data": dict(data_mod.LOADED) if data_mod else {},
             "threads": torch.get_num_threads(), "load_avg": round(os.getloadavg()[0], 2),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "wall_s": wall_s}
@@ -270,10 +282,11 @@ def load_or_compute(profile, experiment, name, config, compute, heavy=False, com
     cmd = command or f"python -m rank1lib run {experiment} --profile {profile}"
     if _PROBE or (cli_only and not _ALLOW_CLI_ONLY):
         raise ResultPending(f"pending: {profile}/{experiment}/{name} is not in the store yet; "
-                            f"it is computed by: {cmd}  (or: python -m rank1lib campaign --profile {profile})")
+                            f"it is computed by: {cmd}  (or: python -m rank1lib campaign --profile {profile})",
+                            command=cmd)
     if heavy and not torch.cuda.is_available():
         raise NeedsGPU(f"result {profile}/{experiment}/{name} is not in the store and profile "
-                       f"{profile!r} needs a CUDA GPU; compute it on a GPU box with: {cmd}")
+                       f"{profile!r} needs a CUDA GPU; compute it on a GPU box with: {cmd}", command=cmd)
     t0 = time.time()
     out = compute()
     values, arrays = out[0], out[1]

@@ -17,7 +17,7 @@ from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
 from .diffusion import alpha_bar, loss_simple, to_model_range
-from .store import REPO, results_root
+from .store import HOME, results_root
 
 
 class NonFiniteLoss(RuntimeError):
@@ -73,7 +73,7 @@ def switch(value, device) -> bool:
 
 def ckpt_root() -> Path:
     """Where checkpoints live: $RANK1_CKPT, else <repo>/.ckpt (ignored by git)."""
-    return Path(os.environ.get("RANK1_CKPT") or REPO / ".ckpt")
+    return Path(os.environ.get("RANK1_CKPT") or HOME / ".ckpt")
 
 
 def state_root(cfg) -> Path:

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from . import data, store
 from .analysis import TRAIN_KEYS, _conf, analysis_dir, analysis_net, spectrum_compute
 from .models import build_unet
+from .profiles import set_args
 from .registry import experiment
 from .train import pick_device, snapshots
 
@@ -26,6 +27,42 @@ def _summary(values, arrays):
     return {k: values[k] for k in ROW_KEYS} | {
         "cos_median": np.median(cos, axis=1).tolist(), "cos_p10": np.percentile(cos, 10, axis=1).tolist(),
         "mu_cos": values["mu_cos"]}
+
+
+def late_r(row, t):
+    """Mean r_t over t >= 500 of one snapshot row (the quantity claim C13 follows)."""
+    r = np.array(row["r"])
+    return float(r[np.array(t) >= 500].mean())
+
+
+def describe(traj_values, init_values) -> str:
+    """A plain statement of what the trajectory says about the paper's mechanism (Markdown), from the
+    same quantity as claim C13: mean r_t over t >= 500, along training and over re-initialised models."""
+    t, rows = traj_values["t"], traj_values["rows"]
+    steps = [r["step"] for r in rows]
+    late = np.array([late_r(r, t) for r in rows])
+    init = np.array([late_r(r, init_values["t"]) for r in init_values["rows"]])
+    lo, hi = init.mean() - 2 * init.std(ddof=1), init.mean() + 2 * init.std(ddof=1)
+    k = int(np.argmax(late))
+    path = (f"Mean $r_t$ over $t \\ge 500$ is {late[0]:.3f} at initialisation, peaks at {late[k]:.3f} "
+            f"after {steps[k]} steps and ends at {late[-1]:.3f} after {steps[-1]} steps; "
+            f"{len(init)} re-initialised models give {init.mean():.3f} $\\pm$ {init.std(ddof=1):.3f}.")
+    if late[-1] < lo:
+        what = ("The trained model's Fisher is closer to rank 1 than any untrained one's (below the "
+                "initialisation mean minus two standard deviations): training made the structure stronger, "
+                "as the paper's convergence argument predicts.")
+    elif late[-1] <= hi:
+        what = ("The trained model's Fisher is no closer to rank 1 than an untrained one's (within two "
+                "standard deviations of the re-initialised models): in this run the rank-1 structure at the "
+                "end of training is what the network had at initialisation, so it does not show that "
+                "convergence produces it.")
+    else:
+        what = ("The trained model's Fisher is further from rank 1 than an untrained one's: training "
+                "weakened the structure in this run.")
+    if k not in (0, len(late) - 1) and late[k] > hi:
+        what += (f" Along the way, early training broke the structure (the peak at step {steps[k]}) "
+                 "before later training brought it back.")
+    return path + " " + what
 
 
 def _loss_near(losses, step, window=32):
@@ -43,7 +80,7 @@ def trajectory(cfg, dataset=None, seed=0, arch=None, progress=True):
     n = cfg.fisher_samples
     base = _conf(cfg, TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=TRAJ_T)
     command = (f"python -m rank1lib run trajectory --profile {cfg.name} --dataset {name} --seed {seed} "
-               f"--set analysis_model={arch}")
+               f"--set analysis_model={arch}{set_args(cfg, ('dataset', 'analysis_model'))}")
 
     def compute():
         net, info, x, y = analysis_net(cfg, name, seed, arch, progress=progress)
@@ -86,4 +123,5 @@ def init_spread(cfg, dataset=None, seed=0, arch=None, progress=True):
         return {"arch": arch, "t": TRAJ_T, "n_samples": n, "rows": rows}, None, str(pick_device())
 
     return store.load_or_compute(cfg.name, "init_spread", f"{name}-{arch}", conf, compute, **store.policy(cfg),
-                                 command=f"python -m rank1lib run init_spread --profile {cfg.name} --dataset {name}")
+                                 command=f"python -m rank1lib run init_spread --profile {cfg.name} --dataset {name}"
+                                         f" --set analysis_model={arch}{set_args(cfg, ('dataset', 'analysis_model'))}")

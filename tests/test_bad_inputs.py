@@ -1,7 +1,6 @@
 """Bad inputs at the command line: exit 2, one line on stderr naming the culprit, nothing stored."""
 import pytest
 
-from rank1lib import store
 from rank1lib.__main__ import main
 
 CASES = [
@@ -55,3 +54,41 @@ def test_book_execute_bad_profile(capsys):
     from rank1lib.book import main as book_main
     assert book_main(["execute", "--profile", "nosuch", "--out", "/tmp/x", "book/01_data_and_models.ipynb"]) == 2
     assert "unknown profile 'nosuch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kw, culprit", [({"seed": "abc"}, "bad seed 'abc'"), ({"seed": -1}, "bad seed -1"),
+                                         ({"dataset": "mnsit"}, "unknown dataset 'mnsit'")])
+def test_experiments_refuse_bad_seed_or_dataset_before_any_work(kw, culprit, tmp_store):
+    from rank1lib import analysis
+    from rank1lib.profiles import load_profile
+    with pytest.raises(ValueError, match=culprit):
+        analysis.tweedie_mse(load_profile("ci"), **kw)
+    assert not (tmp_store / "results").exists() and not (tmp_store / "ckpt").exists()
+
+
+def test_notebook_parameter_seed_abc_fails_with_the_named_culprit(tmp_store):
+    """papermill -p seed abc: the chapter stops at its first experiment call, naming the bad seed."""
+    from pathlib import Path
+    import papermill as pm
+    book = Path(__file__).resolve().parents[1] / "book"
+    with pytest.raises(pm.PapermillExecutionError, match="bad seed 'abc'"):
+        pm.execute_notebook(str(book / "02_tweedie_and_alignment.ipynb"), str(tmp_store / "out.ipynb"),
+                            parameters={"profile": "ci", "seed": "abc"}, cwd=str(book), progress_bar=False,
+                            kernel_name="python3")
+
+
+def test_missing_optional_module_is_one_line(tmp_store, monkeypatch, capsys):
+    """A core install (no `repro` extra) running an experiment: one line naming the extra."""
+    import builtins
+    real = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):
+        if name.split(".")[0] == "matplotlib":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    assert main(["run", "data", "--profile", "ci"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "rank1lib[repro]" in err and "matplotlib" in err, err
+    assert not any((tmp_store / "results").rglob("*.json"))

@@ -1,6 +1,5 @@
 """Claims ledger: verdict rules on hand-made results, pending when absent, 'not evidence' at toy profiles."""
 import numpy as np
-import pytest
 
 from rank1lib import claims, store
 
@@ -81,3 +80,21 @@ def test_ledger_pending_without_results_and_not_evidence_at_ci(tmp_store):
     assert row["verdict"] == "not evidence" and row["rule_outcome"] in ("agree", "partial", "disagree")
     assert row["settings"][0]["result"] == "tweedie/mnist-5k-small1-s0"
     assert "C1" in claims.markdown(row)
+
+
+def _traj(late_by_step, t=(100, 300, 500, 700, 900)):
+    """Trajectory values whose rows have r_t = 0.5 at t < 500 and `v` at t >= 500."""
+    rows = [{"step": s, "r": [0.5 if tt < 500 else v for tt in t]} for s, v in late_by_step]
+    return {"t": list(t), "rows": rows}
+
+
+def test_trajectory_statement_follows_the_numbers():
+    from rank1lib.trajectory import describe
+    init = _traj([(0, v) for v in (0.10, 0.12, 0.08, 0.11, 0.09)])  # 0.100 +- 0.016
+    grown = describe(_traj([(0, 0.1), (400, 0.6), (6400, 0.02)]), init)
+    assert "0.020 after 6400 steps" in grown and "training made the structure stronger" in grown
+    assert "early training broke the structure (the peak at step 400)" in grown
+    same = describe(_traj([(0, 0.1), (100, 0.11), (6400, 0.09)]), init)
+    assert "what the network had at initialisation" in same and "peak" not in same.split("steps;")[1]
+    worse = describe(_traj([(0, 0.1), (6400, 0.4)]), init)
+    assert "weakened" in worse

@@ -79,3 +79,48 @@ def test_selected_parameters_and_bad_inputs():
     pen.add_task(net, st)
     with pytest.raises(ValueError, match="other parameters"):
         pen.add_task(net, rank1lib.task_statistics(net, loss_fn, batches))
+
+
+def test_statistics_run_without_tf32_and_restore_the_flags():
+    """On a GPU, PyTorch lets cuDNN use TF32 by default; statistics switch it off while they run."""
+    net, x, y, batches = _setup()
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True
+    seen = []
+
+    def spying_loss(model, batch):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return loss_fn(model, batch)
+    try:
+        rank1lib.task_statistics(net, spying_loss, batches)
+        assert seen and not any(a or b for a, b in seen)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_book_path_uses_the_public_api():
+    """fisher.mu_c_star (the continual loop's rank-1 statistics) equals task_statistics on the same
+    joint samples, and the continual loop's rank-1 penalty is a Rank1EWC."""
+    from rank1lib import continual
+    net, x, y, batches = _setup()
+    mu, c = fisher.mu_c_star(net, x, y, 12, seed=5, chunk=5)
+    st = rank1lib.task_statistics(net, loss_fn, batches)
+    assert torch.allclose(mu, st.mu, rtol=1e-6, atol=1e-9 * float(st.mu.abs().max())) and abs(c - st.c_star) <= 1e-6 * c
+    pen = continual.make_penalty("rank1", 300.0)
+    assert isinstance(pen, rank1lib.Rank1EWC)
+    continual.add_to_penalty(pen, "rank1", net, {"mu": mu, "c_star": c})
+    assert pen.n_tasks == 1 and float(pen(net)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_penalty_sees_through_torch_compile():
+    """The trainer hands extra_loss the torch.compile wrapper (parameter names prefixed `_orig_mod.`)."""
+    net, x, y, batches = _setup()
+    pen = rank1lib.Rank1EWC(lam=300.0)
+    pen.add_task(net, rank1lib.task_statistics(net, loss_fn, batches))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    want = float(pen(net))
+    pen._impl = None  # rebuild against the wrapper
+    assert want > 0 and float(pen(torch.compile(net))) == pytest.approx(want, rel=1e-6)

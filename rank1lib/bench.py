@@ -6,6 +6,8 @@ import importlib
 import os
 import time
 
+from .profiles import set_args
+
 BENCHES = {}
 MODULES = ["rank1lib.bench_fisher", "rank1lib.bench_train"]
 
@@ -110,7 +112,8 @@ def stored_or_run(name, cfg, force=False):
         return {"rows": rows, "summary": summary}, None, summary.get("device")
 
     return store.load_or_compute(cfg.name, "bench", name, conf, compute, **store.policy(cfg),
-                                 command=f"python -m rank1lib bench {name} --profile {cfg.name} --json")
+                                 command=f"python -m rank1lib bench {name} --profile {cfg.name} --json --store"
+                                         f"{set_args(cfg, ())}")
 
 
 def conditions_line(summary) -> str:

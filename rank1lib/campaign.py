@@ -176,10 +176,13 @@ def _die_with_parent():
         pass
 
 
-def run_item(cfg, item, threads, deadline, log_dir):
-    """Run an item's commands as child processes; returns 'done' | 'deadline' | 'failed: ...'."""
+def run_item(cfg, item, threads, deadline, log_dir, device=None):
+    """Run an item's commands as child processes (on GPU `device` when given: CUDA_VISIBLE_DEVICES);
+    returns 'done' | 'deadline' | 'failed: ...'."""
     import psutil
     env = dict(os.environ, RANK1_DEADLINE=str(deadline), TQDM_MININTERVAL="30")
+    if device is not None and device != "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = str(device)
     log = Path(log_dir) / f"{cfg.name}-{item.key}.log"
     t0, load0 = time.time(), os.getloadavg()[0]
     result = "done"
@@ -211,14 +214,17 @@ def run_item(cfg, item, threads, deadline, log_dir):
                 break
     entry = {"item": item.key, "result": result, "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
              "wall_s": round(time.time() - t0, 1), "threads": threads, "load_start": round(load0, 2),
-             "load_end": round(os.getloadavg()[0], 2), "cpu_count": psutil.cpu_count(),
+             "load_end": round(os.getloadavg()[0], 2), "cpu_count": psutil.cpu_count(), "device": device,
              "commit": store.git_commit()}
     _log_ledger(cfg, entry)
     return result, entry
 
 
-def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, log_dir=None):
-    """Run pending items (priority order) on `jobs` workers of `threads` threads until `hours` pass."""
+def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, log_dir=None, devices=None):
+    """Run pending items (priority order) on `jobs` workers of `threads` threads until `hours` pass;
+    with `devices` (e.g. ["0", "1", "2", "3"]) one worker per GPU, each item's processes on its own."""
+    if devices:
+        jobs = len(devices)
     from concurrent.futures import ThreadPoolExecutor
     from filelock import FileLock, Timeout
     cfg = load_profile(profile)
@@ -232,8 +238,9 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
     deadline = time.time() + hours * 3600
     log_dir = Path(log_dir or store.REPO / "_build" / "campaign")
     log_dir.mkdir(parents=True, exist_ok=True)
-    print(f"running on {jobs} worker(s) x {threads} thread(s) until {time.strftime('%H:%M', time.localtime(deadline))}; "
-          f"logs in {log_dir}", flush=True)
+    where = f" on devices {', '.join(devices)}" if devices else ""
+    print(f"running on {jobs} worker(s) x {threads} thread(s){where} until "
+          f"{time.strftime('%H:%M', time.localtime(deadline))}; logs in {log_dir}", flush=True)
     queue = list(todo)
 
     def worker(w):
@@ -247,7 +254,7 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
                 continue
             try:
                 print(f"[w{w}] {item.key}: started ({item.title})", flush=True)
-                result, e = run_item(cfg, item, threads, deadline, log_dir)
+                result, e = run_item(cfg, item, threads, deadline, log_dir, devices[w] if devices else None)
                 st = item_status(cfg, item)
                 prog = f", step {st['step']}/{st['steps']}" if st["steps"] else ""
                 print(f"[w{w}] {item.key}: {result} after {_fmt_s(e['wall_s'])}; now {st['state']}{prog}", flush=True)

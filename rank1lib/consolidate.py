@@ -13,7 +13,9 @@ exact for the samples given: mu by one backward of the summed loss per batch, th
 by a second, double backward per batch (no per-sample gradients, no forward-mode AD).
 """
 import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -40,10 +42,11 @@ def _selected(model, names=None):
     model = _unwrap(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if names is not None:
-        missing = set(names) - {n for n, _ in named}
+        wanted = set(names)
+        missing = wanted - {n for n, _ in named}
         if missing:
             raise ValueError(f"parameters not in the model (or frozen): {', '.join(sorted(missing))}")
-        named = [(n, p) for n, p in named if n in set(names)]
+        named = [(n, p) for n, p in named if n in wanted]
     if not named:
         raise ValueError("no trainable parameters selected")
     return [n for n, _ in named], [p for _, p in named]
@@ -79,10 +82,15 @@ def _plain_attention(model):
             m.set_processor(proc)
 
 
-def task_statistics(model: torch.nn.Module, per_sample_loss, batches, names=None, diag: bool = False,
+def task_statistics(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.Module, Any], torch.Tensor],
+                    batches: Iterable, names: Sequence[str] | None = None, diag: bool = False,
                     progress: bool = False) -> TaskStats:
     """mu = E[g], c* = E[(mu^T g)^2] / ||mu||^4 (eq. 5-6) and optionally the diagonal Fisher E[g^2],
-    over every sample of `batches`, for the parameters `names` (default: all trainable ones)."""
+    over every sample of `batches`, for the parameters `names` (default: all trainable ones).
+
+    `per_sample_loss(model, batch)` returns one loss per sample, shape (n,); `batches` is a list (or
+    anything iterable twice) of batches drawn the way training draws them. The diagonal needs one
+    backward per sample and is much slower than mu and c*."""
     from .fisher import full_precision
     with _plain_attention(model), full_precision():  # no TF32 on a GPU: exact float32 statistics
         return _task_statistics(model, per_sample_loss, batches, names, diag, progress)
@@ -174,6 +182,8 @@ class Rank1EWC(torch.nn.Module):
         return impl
 
     def forward(self, model: torch.nn.Module) -> torch.Tensor:
+        """lam/2 sum_k c*_k (mu_k^T (theta - theta*_k))^2 at the model's current weights (a scalar with
+        gradient; 0 before the first task). `model` may be wrapped in DDP or torch.compile."""
         if len(self.c_star) == 0:
             return next(p for p in model.parameters()).new_zeros(())
         if self._impl is None:

@@ -208,12 +208,23 @@ def available(name, root=None) -> bool:
     return bool(list((r / "imagenet32").glob("train_data_batch_*.npz"))) and (r / "imagenet32" / "val_data.npz").exists()
 
 
+_SETS = {}  # (name, data root) -> ImageSet: a process reads each dataset once (status probes load it often)
+
+
 def load(name, root=None, download=None) -> ImageSet:
-    """Load a dataset by name as uint8 tensors; raises DataMissing with the fetch command."""
+    """Load a dataset by name as uint8 tensors (read once per process; treat them as read-only);
+    raises DataMissing with the fetch command."""
     check_name(name)
-    import torchvision
     if download is None:
         download = bool(os.environ.get("RANK1_DOWNLOAD"))
+    key = (name, str(data_root(root)))
+    if key not in _SETS:
+        _SETS[key] = _read(name, root, download)
+    return _SETS[key]
+
+
+def _read(name, root, download):
+    import torchvision
     if name == "fmnist":
         return load_fmnist(root, download)
     if name == "mnist-5k":

@@ -59,9 +59,11 @@ def describe(traj_values, init_values) -> str:
     else:
         what = ("The trained model's Fisher is further from rank 1 than an untrained one's: training "
                 "weakened the structure in this run.")
+    if late[-1] > late[0]:
+        what += f" The run ended further from rank 1 than its own initialisation ({late[0]:.3f})."
     if k not in (0, len(late) - 1) and late[k] > hi:
-        what += (f" Along the way, early training broke the structure (the peak at step {steps[k]}) "
-                 "before later training brought it back.")
+        what += (f" Along the way, early training weakened the structure (the peak at step {steps[k]}) and "
+                 f"later training lowered $r_t$ again, to {late[-1]:.3f}.")
     return path + " " + what
 
 

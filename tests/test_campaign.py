@@ -163,3 +163,29 @@ def test_longer_run_continues_a_shorter_one_exactly(tmp_store, monkeypatch):
     assert info["train_steps"] == info2["train_steps"] == 15
     assert seeded.losses == scratch.losses
     assert all(torch.equal(a, b) for a, b in zip(seeded.state_dict().values(), scratch.state_dict().values()))
+
+
+def test_devices_give_one_worker_per_gpu_each_item_on_its_own(tmp_store, monkeypatch):
+    """`campaign --devices 0,1`: two workers, and every child process of an item sees only its GPU."""
+    from rank1lib import campaign
+    seen = []
+    real_popen = campaign.subprocess.Popen
+
+    class FakeProc:
+        returncode = 0
+
+        def poll(self):
+            return 0
+
+    def popen(argv, **kw):  # item commands are recorded, not run; anything else (git) runs
+        if "rank1lib" not in argv:
+            return real_popen(argv, **kw)
+        seen.append((argv[argv.index("run") + 1], kw["env"].get("CUDA_VISIBLE_DEVICES")))
+        time.sleep(1.5)  # keep this worker busy so that the other one takes the next item
+        return FakeProc()
+    monkeypatch.setattr(campaign.subprocess, "Popen", popen)
+    assert campaign.campaign("ci", hours=0.2, only=["vae", "init-spread"], log_dir=tmp_store / "logs",
+                             devices=["0", "1"]) == 0
+    assert sorted(d for _, d in seen) == ["0", "1"] and sorted(e for e, _ in seen) == ["init_spread", "vae"]
+    ledger = json.loads((store.results_root() / "ci" / "campaign.json").read_text())
+    assert sorted(e["device"] for e in ledger) == ["0", "1"]

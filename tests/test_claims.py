@@ -93,8 +93,9 @@ def test_trajectory_statement_follows_the_numbers():
     init = _traj([(0, v) for v in (0.10, 0.12, 0.08, 0.11, 0.09)])  # 0.100 +- 0.016
     grown = describe(_traj([(0, 0.1), (400, 0.6), (6400, 0.02)]), init)
     assert "0.020 after 6400 steps" in grown and "training made the structure stronger" in grown
-    assert "early training broke the structure (the peak at step 400)" in grown
+    assert "early training weakened the structure (the peak at step 400)" in grown
+    assert "further from rank 1 than its own initialisation" not in grown
     same = describe(_traj([(0, 0.1), (100, 0.11), (6400, 0.09)]), init)
     assert "what the network had at initialisation" in same and "peak" not in same.split("steps;")[1]
     worse = describe(_traj([(0, 0.1), (6400, 0.4)]), init)
-    assert "weakened" in worse
+    assert "weakened the structure in this run" in worse and "its own initialisation (0.100)" in worse

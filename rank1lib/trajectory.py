@@ -44,9 +44,9 @@ def describe(traj_values, init_values) -> str:
     init = np.array([late_r(r, init_values["t"]) for r in init_values["rows"]])
     lo, hi = init.mean() - 2 * init.std(ddof=1), init.mean() + 2 * init.std(ddof=1)
     k = int(np.argmax(late))
-    path = (f"Mean $r_t$ over $t \\ge 500$ is {late[0]:.3f} at initialisation, peaks at {late[k]:.3f} "
+    path = (f"Mean r_t over t ≥ 500 is {late[0]:.3f} at initialisation, peaks at {late[k]:.3f} "
             f"after {steps[k]} steps and ends at {late[-1]:.3f} after {steps[-1]} steps; "
-            f"{len(init)} re-initialised models give {init.mean():.3f} $\\pm$ {init.std(ddof=1):.3f}.")
+            f"{len(init)} re-initialised models give {init.mean():.3f} ± {init.std(ddof=1):.3f}.")
     if late[-1] < lo:
         what = ("The trained model's Fisher is closer to rank 1 than any untrained one's (below the "
                 "initialisation mean minus two standard deviations): training made the structure stronger, "
@@ -63,7 +63,7 @@ def describe(traj_values, init_values) -> str:
         what += f" The run ended further from rank 1 than its own initialisation ({late[0]:.3f})."
     if k not in (0, len(late) - 1) and late[k] > hi:
         what += (f" Along the way, early training weakened the structure (the peak at step {steps[k]}) and "
-                 f"later training lowered $r_t$ again, to {late[-1]:.3f}.")
+                 f"later training lowered r_t again, to {late[-1]:.3f}.")
     return path + " " + what
 
 

@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -33,18 +34,20 @@ class NeedsGPU(ResultPending):
 
 
 _ALLOW_CLI_ONLY = False
-_PROBE = False
+# per thread: the campaign probes item status from several worker threads at once, and a probe
+# ending in one thread must not switch probing off in another (that made a probe compute)
+_LOCAL = threading.local()
 
 
 @contextlib.contextmanager
 def probing():
-    """Within this block load_or_compute never computes: a missing result raises ResultPending."""
-    global _PROBE
-    old, _PROBE = _PROBE, True
+    """Within this block (in this thread) load_or_compute never computes: a missing result raises ResultPending."""
+    old = getattr(_LOCAL, "probe", False)
+    _LOCAL.probe = True
     try:
         yield
     finally:
-        _PROBE = old
+        _LOCAL.probe = old
 
 
 def allow_cli_only(on=True):
@@ -280,7 +283,7 @@ def load_or_compute(profile, experiment, name, config, compute, heavy=False, com
     clean_stale_tmp(result_dir(profile, experiment))
     import torch
     cmd = command or f"python -m rank1lib run {experiment} --profile {profile}"
-    if _PROBE or (cli_only and not _ALLOW_CLI_ONLY):
+    if getattr(_LOCAL, "probe", False) or (cli_only and not _ALLOW_CLI_ONLY):
         raise ResultPending(f"pending: {profile}/{experiment}/{name} is not in the store yet; "
                             f"it is computed by: {cmd}  (or: python -m rank1lib campaign --profile {profile})",
                             command=cmd)

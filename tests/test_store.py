@@ -68,3 +68,24 @@ def test_image_arrays_also_written_as_png(tmp_store):
     assert png.exists() and not (store.result_dir("ci", "e") / "g.curve.png").exists()
     back = matplotlib.image.imread(png)[..., 0]
     np.testing.assert_allclose(back * 255, grid, atol=0.5)
+
+
+def test_probing_is_per_thread(tmp_store):
+    """Two campaign workers probe at once: one probe ending must not let the other compute."""
+    import threading
+    from rank1lib import store
+    inside, release, computed = threading.Event(), threading.Event(), []
+
+    def other():
+        with store.probing():
+            inside.set()
+            release.wait(5)
+    t = threading.Thread(target=other)
+    t.start()
+    inside.wait(5)  # the other worker's probe began first
+    with store.probing():
+        release.set()
+        t.join()  # ... and ended while this one is still open
+        with pytest.raises(store.ResultPending):
+            store.load_or_compute("ci", "e", "n", {}, lambda: computed.append(1) or ({}, None))
+    assert not computed

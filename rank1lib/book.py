@@ -31,20 +31,21 @@ def banner_text(cfg) -> str:
 
 def banner(cfg):
     """Show which profile, device and commit produced the page."""
+    _show("> " + banner_text(cfg), banner_text(cfg))
+
+
+def _show(markdown, plain):
+    """Display Markdown in a notebook; print the plain text elsewhere."""
     try:
         from IPython.display import Markdown, display
-        display(Markdown("> " + banner_text(cfg)))
+        display(Markdown(markdown))
     except ImportError:
-        print(banner_text(cfg))
+        print(plain)
 
 
 def note(text, kind="note"):
     """A highlighted note on the page (a Markdown quote block; plain text outside a notebook)."""
-    try:
-        from IPython.display import Markdown, display
-        display(Markdown("> " + ("⚠ " if kind == "warning" else "") + text))
-    except ImportError:
-        print(f"{kind}: {text}")
+    _show("> " + ("⚠ " if kind == "warning" else "") + text, f"{kind}: {text}")
 
 
 def stored(fn, cfg, *args, **kw):
@@ -67,11 +68,7 @@ def stored(fn, cfg, *args, **kw):
 
 def show_provenance(rec):
     """The provenance line of a stored result as wrapped Markdown under a figure or table."""
-    try:
-        from IPython.display import Markdown, display
-        display(Markdown(f"*Source:* {provenance_line(rec)}"))
-    except ImportError:
-        print(provenance_line(rec))
+    _show(f"*Source:* {provenance_line(rec)}", provenance_line(rec))
 
 
 def provenance_line(rec) -> str:

@@ -10,10 +10,9 @@ stored at an evidence tier (cpu, gpu, paper), `smoke test` at the toy profiles, 
 from dataclasses import dataclass
 
 from . import store
+from .claims import TOY_PROFILES
 from .data import DataMissing
 from .profiles import load_profile
-
-TOY_PROFILES = ("ci", "quick")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ gd (generative distillation only), diag-gd, rank1-gd (ours) and rankk-gd (app. E
 
 Every task starts a fresh Adam. After task k the loop writes, under
 ckpt_root()/continual/<profile>/<dataset>-s<seed>-<config hash>/<lineage>/task<k>/:
-  ckpt/ (train.train's exact-resume checkpoint), train.json, fid-<tag>.json, samples-<tag>.pt,
+  ckpt/ (train.train's exact-resume checkpoint), train.json, eval-<tag>.json (FID and KID), samples-<tag>.pt,
   stats-<kind>.pt (mu and c*, diagonal Fisher or rank-k pairs) and pool.pt (replay pool).
 Task 1 is identical for every continual method (no penalty, no replay yet), so it lives in the
 shared lineage `shared`. A rerun loads what exists and computes only what is missing, so an
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import consolidate, data, ewc, fid, fisher, replay, store
 from .diffusion import ddim_sample
 from .models import build_unet, n_params
-from .train import ckpt_root, pick_device, steps_for, switch, train
+from .train import ckpt_root, pick_device, state_root, steps_for, switch, train
 
 METHODS = ("joint", "finetune", "diag", "rank1", "gd", "diag-gd", "rank1-gd", "rankk-gd")
 TABLE1 = ("joint", "diag", "rank1", "gd", "diag-gd", "rank1-gd")
@@ -50,9 +50,24 @@ def run_config(cfg, dataset, method, seed):
 
 
 def run_root(cfg, dataset, seed):
-    """Checkpoint root of one (profile, dataset, seed); hashed on the training keys only."""
+    """Checkpoint root of one (profile, dataset, seed); hashed on the training keys only. A profile with
+    state_in_store keeps it in the committed store (a tier continued on another machine)."""
     conf = {k: cfg[k] for k in TRAIN_KEYS} | {"dataset": dataset, "seed": seed}
-    return ckpt_root() / "continual" / cfg.name / f"{dataset}-s{seed}-{store.config_hash(conf)}"
+    base = state_root(cfg) / "continual" if cfg.get("state_in_store") else ckpt_root() / "continual" / cfg.name
+    return base / f"{dataset}-s{seed}-{store.config_hash(conf)}"
+
+
+def prune(cfg, dataset, method, seed):
+    """Remove the state of a finished run's own tasks 2..T (and of a joint run) once its result is
+    stored, so that committed state stays small; task 1 (lineage 'shared') stays for the other methods."""
+    import shutil
+    root = run_root(cfg, dataset, seed)
+    dirs = [root / "joint"] if method == "joint" else [root / lineage(cfg, method, 1)]
+    for d in dirs:
+        if d.exists():
+            with FileLock(str(d) + ".lock"):
+                shutil.rmtree(d)
+            Path(str(d) + ".lock").unlink(missing_ok=True)
 
 
 def lineage(cfg, method, k):
@@ -104,8 +119,8 @@ def cl_steps(cfg, n_images):
 
 
 class Evaluator:
-    """FID of a model on tasks 1..k: reference = the task's test images (capped at fid_per_class per
-    class), generated = as many images with the same labels (DDIM, fixed seed per task)."""
+    """FID and KID of a model on tasks 1..k: reference = the task's test images (capped at fid_per_class
+    per class), generated = as many images with the same labels (DDIM, fixed seed per task)."""
 
     def __init__(self, cfg, ds, device):
         self.cfg, self.ds, self.device = cfg, ds, device
@@ -123,21 +138,45 @@ class Evaluator:
             self._metric = fid.make_metric(self.cfg.fid_extractor, self.ds.channels, self.device)
         return self._metric
 
-    def ref_stats(self, i):
+    def _features(self, x, label):
+        """Feature-network features (N, d) float64 of uint8 images, cached under ckpt_root()/fid_cache."""
+        import hashlib
+        h = hashlib.sha1(x.numpy().tobytes()).hexdigest()[:10]
+        f = ckpt_root() / "fid_cache" / self.cfg.fid_extractor / f"{self.ds.name}-{label}-n{len(x)}-{h}-feats.pt"
+        return cached(f, lambda: fid.features(self.metric, x))
+
+    def ref_features(self, i):
         if i not in self._refs:
-            x, _ = self.reference(i)
-            import hashlib
-            h = hashlib.sha1(x.numpy().tobytes()).hexdigest()[:10]
-            f = ckpt_root() / "fid_cache" / self.cfg.fid_extractor / f"{self.ds.name}-task{i}-n{len(x)}-{h}.pt"
-            self._refs[i] = fid.reference_stats(self.metric, x, f)
+            self._refs[i] = self._features(self.reference(i)[0], f"task{i}-test")
         return self._refs[i]
 
+    def scores(self, i, feats):
+        """(FID, KID) of features `feats` against task i's reference."""
+        ref = self.ref_features(i)
+        mu, sigma = fid.stats(ref)
+        return fid.frechet_distance(mu, sigma, feats2=feats), fid.kid(ref, feats)
+
     def row(self, model, k):
-        """[FID_1(m_k), ..., FID_k(m_k)] (0-based tasks 0..k), generating all images in one pass."""
-        labels = [self.reference(i)[1] for i in range(k + 1)]
-        imgs = [ddim_sample(model, y, steps=self.cfg.ddim_steps, seed=10_000 + i, batch_size=self.cfg.sample_batch,
-                            progress=False, amp=switch(self.cfg.amp, self.device)) for i, y in enumerate(labels)]
-        return [fid.fid(self.metric, self.ref_stats(i), im) for i, im in enumerate(imgs)]
+        """{"fid": [FID_i(m_k)], "kid": [KID_i(m_k)]} for tasks i = 0..k, generating all images in one pass."""
+        out = {"fid": [], "kid": []}
+        for i in range(k + 1):
+            y = self.reference(i)[1]
+            im = ddim_sample(model, y, steps=self.cfg.ddim_steps, seed=10_000 + i, batch_size=self.cfg.sample_batch,
+                             progress=False, amp=switch(self.cfg.amp, self.device))
+            f, kd = self.scores(i, fid.features(self.metric, im))
+            out["fid"].append(f)
+            out["kid"].append(kd)
+        return out
+
+    def floor(self, i):
+        """(FID, KID) of task i's reference against as many real training images of the same classes (the
+        first ones, the same count per class): what a generator that copied the data distribution would get."""
+        y = self.reference(i)[1]
+        per = int(torch.bincount(y).max())
+        x, _ = data.task_data(self.ds, i, "train", per_class=per)
+        if len(x) != len(y):
+            raise ValueError(f"task {i + 1}: {len(x)} training images for a floor over {len(y)} test images")
+        return self.scores(i, self._features(x, f"task{i}-train"))
 
 
 def sample_classes(dataset):
@@ -235,7 +274,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
     ev = Evaluator(cfg, ds, device)
     torch.manual_seed(seed)
     net = build_unet(cfg.model, spec.num_classes, spec.channels).to(device)
-    M = np.full((T, T), np.nan)
+    M, K = np.full((T, T), np.nan), np.full((T, T), np.nan)
     n_fid = [len(ev.reference(i)[0]) for i in range(T)]
     info, shots = [], []
     if method == "joint":
@@ -247,10 +286,11 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
             inf = train_task(net, x, y, cfg, d, seed, 99, None, f"joint ({T} tasks at once)", stop, device, progress)
             if inf is None:
                 return None
-            M[-1] = cached(d / f"fid-{eval_tag(cfg)}.json", lambda: ev.row(net, T - 1), as_json=True)
+            ev_row = cached(d / f"eval-{eval_tag(cfg)}.json", lambda: ev.row(net, T - 1), as_json=True)
+            M[-1], K[-1] = ev_row["fid"], ev_row["kid"]
             info.append(inf)
             shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
-        return summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid)
+        return summarise(cfg, dataset, method, seed, (M, K, floors(ev, root, T)), info, shots, net, n_fid)
     kind, gd = RECIPES[method]
     pen = make_penalty(kind, cfg.lam) if kind else None
     distill = None
@@ -265,7 +305,8 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
             if inf is None:
                 return None
             info.append(inf)
-            M[k, :k + 1] = cached(d / f"fid-{eval_tag(cfg)}.json", lambda: ev.row(net, k), as_json=True)
+            ev_row = cached(d / f"eval-{eval_tag(cfg)}.json", lambda: ev.row(net, k), as_json=True)
+            M[k, :k + 1], K[k, :k + 1] = ev_row["fid"], ev_row["kid"]
             shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
             if k == T - 1:
                 break
@@ -280,7 +321,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
                                                        seed * 1_000 + k, cfg.sample_batch,
                                                        switch(cfg.amp, device), progress))
                 distill = replay.Distillation(replay.frozen_copy(net), pool[0], pool[1], cfg.batch_size)
-    return summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid)
+    return summarise(cfg, dataset, method, seed, (M, K, floors(ev, root, T)), info, shots, net, n_fid)
 
 
 def stat_name(cfg, kind):
@@ -289,18 +330,35 @@ def stat_name(cfg, kind):
     return f"{kind}-n{cfg.mu_samples}{extra}"
 
 
-def summarise(cfg, dataset, method, seed, M, info, shots, net, n_fid):
-    """Values and arrays stored for one run: FID matrix, A-FID@k, forgetting, timings, samples."""
-    afk = fid.a_fid_at_k(M) if method != "joint" else np.r_[np.full(len(M) - 1, np.nan), np.nanmean(M[-1])]
+def floors(ev, root, T):
+    """{"fid": [...], "kid": [...]}: the real-vs-real floor of every task (cached beside the run's tasks)."""
+    def compute():
+        fl = [ev.floor(i) for i in range(T)]
+        return {"fid": [f for f, _ in fl], "kid": [k for _, k in fl]}
+    return cached(root / f"floor-{eval_tag(ev.cfg)}.json", compute, as_json=True)
+
+
+def summarise(cfg, dataset, method, seed, scores, info, shots, net, n_fid):
+    """Values and arrays stored for one run: FID and KID matrices, A-FID@k, forgetting (from FID and from
+    KID), the real-vs-real floors, timings, samples."""
+    M, K, floor = scores
+    joint = method == "joint"
+
+    def average(X):
+        return fid.a_fid_at_k(X) if not joint else np.r_[np.full(len(X) - 1, np.nan), np.nanmean(X[-1])]
+    afk, akk = average(M), average(K)
     nan = lambda v: None if v is None or not np.isfinite(v) else float(v)  # noqa: E731
     values = {"dataset": dataset, "method": method, "seed": seed, "fid": [[nan(v) for v in r] for r in M],
               "a_fid_at_k": [nan(v) for v in afk], "a_fid": nan(afk[-1]),
-              "forgetting": None if method == "joint" else nan(fid.forgetting(M)),
+              "forgetting": None if joint else nan(fid.forgetting(M)),
+              "kid": [[nan(v) for v in r] for r in K], "a_kid_at_k": [nan(v) for v in akk], "a_kid": nan(akk[-1]),
+              "forgetting_kid": None if joint else nan(fid.forgetting(K)),
+              "fid_floor": floor["fid"], "kid_floor": floor["kid"],
               "extractor": cfg.fid_extractor, "extractor_label": fid.LABELS[cfg.fid_extractor],
               "fid_images_per_task": n_fid,
               "task_steps": [i["steps"] for i in info], "task_seconds": [i["seconds"] for i in info],
               "train_seconds": float(sum(i["seconds"] for i in info)),
               "final_losses": [i["final_loss"] for i in info], "params": n_params(net),
               "sample_classes": sample_classes(dataset)}
-    arrays = {"fid": M, "samples": torch.stack(shots).numpy()}
+    arrays = {"fid": M, "kid": K, "samples": torch.stack(shots).numpy()}
     return values, arrays

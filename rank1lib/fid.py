@@ -7,7 +7,9 @@ Feature networks (every number records the extractor's name):
   bilinear resize to 299, x / 128 - 1, grey repeated to 3 channels.
 - "torch-fidelity": torchmetrics' own extractor (needs the torch-fidelity package and its weights).
 - "pixels": raw pixels in [0, 1] (1024-d or 3072-d). Not FID; for unit tests only.
-Reference statistics (mu, sigma) of each task's test images are cached under ckpt_root()/fid_cache.
+Reference features of each task's test images are cached under ckpt_root()/fid_cache. Every FID is
+reported with the unbiased KID from the same features and with the real-vs-real floor (the scores
+of as many held-out real images), because FID from a few hundred images is biased upwards.
 """
 import warnings
 from pathlib import Path
@@ -155,6 +157,16 @@ def reference_stats(metric, images, cache_file=None):
 def fid(metric, ref, images):
     """FID between reference stats `ref` = (mu, sigma) and generated uint8 images."""
     return frechet_distance(ref[0], ref[1], feats2=features(metric, images))
+
+
+def kid(feats_real, feats_gen):
+    """Unbiased KID (Binkowski et al. 2018): MMD^2 with the cubic kernel (x.y/d + 1)^3 over all images
+    of two equally sized sets (torchmetrics' poly_mmd); unlike FID it has no bias from small N."""
+    from torchmetrics.image.kid import poly_mmd
+    a, b = torch.as_tensor(feats_real, dtype=torch.float64), torch.as_tensor(feats_gen, dtype=torch.float64)
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"KID needs two sets of equal size >= 2, got {len(a)} and {len(b)}")
+    return float(poly_mmd(a, b))
 
 
 def a_fid_at_k(M):

@@ -58,14 +58,20 @@ def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
     conf = continual.run_config(cfg, name, method, seed)
     device = pick_device()
 
+    computed = []
+
     def compute():
         values, arrays = continual.run(cfg, name, method, seed, progress=progress, device=device)
+        computed.append(True)
         return values, arrays, str(device)
 
-    return store.load_or_compute(
+    rec = store.load_or_compute(
         cfg.name, "continual", f"{name}-{method}-s{seed}", conf, compute, **store.policy(cfg),
         command=f"python -m rank1lib run continual --profile {cfg.name} --dataset {name} --method {method} "
                 f"--seed {seed}{set_args(cfg)}")
+    if computed and cfg.get("state_in_store"):  # stored now: its committed training state is not needed
+        continual.prune(cfg, name, method, seed)
+    return rec
 
 
 def collect(cfg, dataset, methods, seeds=None, progress=True):

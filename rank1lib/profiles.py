@@ -85,6 +85,7 @@ SCHEMA = {
     "cl_fisher_samples": (int, lambda v: v == 0 or v >= 2, "0 (skip) or an integer >= 2"),
     "cl_fisher_timesteps": (list, *_timesteps()),
     "cl_analysis_max_steps": (int, *_int_at_least(0)),
+    "study_steps": (list, lambda v: len(v) > 0 and all(s >= 1 for s in v), "a non-empty list of step counts >= 1"),
     "ckpt_every": (int, *_int_at_least(0)),
     "amp": (str, *_switch),
     "compile": (str, *_switch),

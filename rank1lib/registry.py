@@ -5,7 +5,7 @@ import inspect
 
 EXPERIMENTS = {}
 # Modules whose import registers experiments (one per chapter family).
-MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.trajectory", "rank1lib.runs"]
+MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.trajectory", "rank1lib.runs", "rank1lib.study"]
 
 
 def experiment(name, help=""):

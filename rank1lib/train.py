@@ -159,15 +159,24 @@ def load_checkpoint(model, opt, ckpt_dir: Path):
     return 0, [], 0.0
 
 
-def save_snapshot(model, step, snap_dir: Path):
-    """Weights only (safetensors) at optimiser step `step`: snap_dir/step-<step>.safetensors."""
+def save_snapshot(model, step, snap_dir: Path, seconds=0.0):
+    """Weights only (safetensors) at optimiser step `step`: snap_dir/step-<step>.safetensors; the training
+    wall time so far goes into its metadata (snapshot_seconds reads it)."""
     from safetensors.torch import save_file
     snap_dir = Path(snap_dir)
     snap_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=snap_dir, prefix=".snap-", suffix=".tmp")
     os.close(fd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp,
+              metadata={"step": str(step), "train_seconds": f"{seconds:.3f}"})
     os.replace(tmp, snap_dir / f"step-{step:06d}.safetensors")
+
+
+def snapshot_seconds(path) -> float:
+    """Training wall time (s) when a snapshot was taken (0 for snapshots written without it)."""
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return float((f.metadata() or {}).get("train_seconds", 0.0))
 
 
 def snapshots(snap_dir: Path) -> dict:
@@ -238,7 +247,7 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
                 if progress and (step % 10 == 0 or step == steps - 1):
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{done * b / (time.time() - t0):.0f}")
                 if step + 1 in snapshot_at:
-                    save_snapshot(model, step + 1, snapshot_dir)
+                    save_snapshot(model, step + 1, snapshot_dir, seconds + time.time() - t0)
                 if ckpt_dir and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
                     save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
                 if stop_at is not None and time.time() > stop_at and step + 1 < steps:

@@ -1,0 +1,162 @@
+"""Which UNet, and how many epochs per task, for a continual-learning tier on a small machine (issue 10).
+
+The paper's 35.7M-parameter UNet is out of reach on a CPU, so the `cpu` tier measures its choice:
+for each candidate network a joint (non-continual) model is trained on all tasks at once, and its
+A-FID (mean FID over the tasks' test sets, exactly the joint row of Table 1) is measured at several
+points of training (`study_steps`) against the training wall time so far. The rule that turns the
+curves into a choice is `choose`, fixed before any study result existed.
+
+python -m rank1lib run cl_study --profile cpu --set model=base
+"""
+import math
+
+import numpy as np
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file
+
+from . import continual, data, store
+from .models import build_unet, n_params
+from .profiles import set_args
+from .registry import experiment
+from .train import pick_device, snapshot_seconds, snapshots, state_root, train
+
+CANDIDATES = ("small3", "base", "mid")  # App. D Small-3 and base UNets; a 1.1M UNet (models.py)
+WITHIN = 1.5  # choose: the cheapest point whose A-FID is within 1.5x of the best point of the study
+
+
+def study_config(cfg, dataset, seed):
+    """The keys a study result depends on (its hash names the training state too)."""
+    keys = ("model", "train_per_class", "batch_size", "lr", "amp", "study_steps") + continual.EVAL_KEYS
+    return {k: cfg[k] for k in keys} | {"dataset": dataset, "seed": seed}
+
+
+def joint_data(cfg, ds):
+    """Every training image of every task (the profile's train_per_class per class)."""
+    classes = sorted(c for t in data.task_classes(ds.name) for c in t)
+    return data.task_data(ds, 0, "train", per_class=cfg.train_per_class or None, classes=classes)
+
+
+def epochs_per_task(cfg, steps, n_joint):
+    """Epochs equivalent to `steps` optimiser steps over the joint data: the same epoch count is what each
+    task of a continual run then gets (the paper trains every task and the joint model for 200 epochs)."""
+    return steps * cfg.batch_size / n_joint
+
+
+def evaluate_point(ev, net, T):
+    """(A-FID, A-KID, per-task FIDs) of a joint model: the last row of Table 1's FID matrix."""
+    row = ev.row(net, T - 1)
+    return float(np.mean(row["fid"])), float(np.mean(row["kid"])), row["fid"]
+
+
+@experiment("cl_study", "joint-model A-FID against training time of one candidate UNet (--set model=...)")
+def cl_study(cfg, dataset=None, seed=0, progress=True):
+    """One candidate network: joint A-FID, A-KID and wall time at every `study_steps` point."""
+    name = dataset or cfg.dataset
+    conf = study_config(cfg, name, seed)
+
+    def compute():
+        device = pick_device()
+        ds = data.load(name)
+        spec = data.SPECS[name]
+        T = len(data.task_classes(name))
+        x, y = joint_data(cfg, ds)
+        d = state_root(cfg) / "cl_study" / f"{name}-{cfg.model}-s{seed}-{store.config_hash(conf)}"
+        d.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(seed)
+        net = build_unet(cfg.model, spec.num_classes, spec.channels)
+        steps = max(cfg.study_steps)
+        with FileLock(str(d) + ".lock"):
+            out = train(net, x, y, cfg, steps=steps, seed=seed, ckpt_dir=d / "ckpt", desc=f"joint {cfg.model}",
+                        progress=progress, device=device, snapshot_dir=d / "snapshots",
+                        snapshot_at=cfg.study_steps)
+            ev = continual.Evaluator(cfg, ds, device)
+            rows = []
+            for step, path in snapshots(d / "snapshots").items():
+                if step not in cfg.study_steps:
+                    continue
+                net.load_state_dict(load_file(str(path)))
+                a_fid, a_kid, per_task = continual.cached(
+                    d / f"eval-{step}-{continual.eval_tag(cfg)}.json",
+                    lambda: evaluate_point(ev, net, T), as_json=True)
+                rows.append({"step": step, "epochs": epochs_per_task(cfg, step, len(x)),
+                             "train_seconds": snapshot_seconds(path), "a_fid": a_fid, "a_kid": a_kid,
+                             "fid_per_task": per_task})
+            floor = continual.floors(ev, d, T)
+            net.load_state_dict(load_file(str(snapshots(d / "snapshots")[steps])))
+            grid = continual.samples(net, name, cfg, per_class=4)
+        losses = out["losses"]
+        values = {"model": cfg.model, "params": n_params(net), "dataset": name, "seed": seed, "n_train": len(x),
+                  "rows": rows, "fid_floor": float(np.mean(floor["fid"])), "kid_floor": float(np.mean(floor["kid"])),
+                  "train_seconds": out.get("train_seconds"), "threads": torch.get_num_threads(),
+                  "final_loss": float(np.mean(losses[-50:])) if losses else None,
+                  "extractor_label": continual.fid.LABELS[cfg.fid_extractor]}
+        return values, {"losses": np.array(losses, dtype=np.float32), "samples": grid.numpy()}, str(device)
+
+    rec = store.load_or_compute(cfg.name, "cl_study", f"{name}-{cfg.model}-s{seed}", conf, compute,
+                                **store.policy(cfg),
+                                command=f"python -m rank1lib run cl_study --profile {cfg.name} --dataset {name} "
+                                        f"--seed {seed} --set model={cfg.model}{set_args(cfg)}")
+    return rec
+
+
+def stored(cfg, dataset, models=CANDIDATES, seed=0):
+    """{model: record} of the candidates already in the store (nothing is computed)."""
+    from .profiles import Config
+    out = {}
+    for m in models:
+        c = Config(cfg, model=m)
+        rec = store.load(cfg.name, "cl_study", f"{dataset}-{m}-s{seed}", study_config(c, dataset, seed))
+        if rec is not None:
+            out[m] = rec
+    return out
+
+
+def choose(recs) -> dict:
+    """The rule (fixed before any study result): among all (candidate, step) points, keep those whose
+    joint A-FID is within WITHIN x the best A-FID of the study; pick the one with the least training
+    time; ties go to fewer parameters. Returns the point with its model, epochs and the rule's numbers."""
+    pts = [dict(r, model=m, params=rec.values["params"]) for m, rec in recs.items() for r in rec.values["rows"]]
+    if not pts:
+        raise ValueError("no study results stored yet")
+    best = min(p["a_fid"] for p in pts)
+    ok = [p for p in pts if p["a_fid"] <= WITHIN * best]
+    pick = min(ok, key=lambda p: (p["train_seconds"], p["params"]))
+    return pick | {"best_a_fid": best, "threshold": WITHIN * best, "eligible": len(ok), "points": len(pts)}
+
+
+def projected_hours(cfg, pick, n_task_images, T, gd_cost=2.3):
+    """Rough one-thread hours of the Table-1 item (8 methods, one seed) at the chosen point, from its own
+    measured seconds per step; gd_cost = cost of a distillation step relative to a plain one (assumed)."""
+    sec_per_step = pick["train_seconds"] / pick["step"]
+    task_steps = math.ceil(pick["epochs"]) * math.ceil(n_task_images / cfg.batch_size)
+    plain, gd = 3 * (T - 1), 4 * (T - 1)  # finetune, diag, rank1; gd, diag-gd, rank1-gd, rankk-gd
+    joint = math.ceil(pick["epochs"]) * math.ceil(T * n_task_images / cfg.batch_size)
+    steps = task_steps * (1 + plain + gd_cost * gd) + joint
+    return steps * sec_per_step / 3600
+
+
+def plot(ax, recs, pick=None):
+    """A-FID of the joint model against training minutes, one line per candidate; the floor dashed."""
+    for m, rec in recs.items():
+        rows = rec.values["rows"]
+        ax.plot([r["train_seconds"] / 60 for r in rows], [r["a_fid"] for r in rows], marker="o",
+                label=f"{m} ({rec.values['params'] / 1e6:.2f}M)")
+    if recs:
+        ax.axhline(np.mean([r.values["fid_floor"] for r in recs.values()]), ls="--", color="gray",
+                   label="real vs real (floor)")
+    if pick is not None:
+        ax.plot(pick["train_seconds"] / 60, pick["a_fid"], marker="*", ms=18, color="gold", mec="k", ls="none",
+                label=f"chosen: {pick['model']}, {pick['epochs']:.0f} epochs")
+        ax.axhline(pick["threshold"], ls=":", color="k", lw=1, label=f"{WITHIN} x best A-FID")
+    ax.set(xlabel="training wall time (min)", ylabel="joint-model A-FID", yscale="log")
+    ax.legend(fontsize=9)
+
+
+def describe(recs, pick) -> str:
+    """The choice in one plain paragraph."""
+    return (f"Best joint A-FID in the study: {pick['best_a_fid']:.1f}; {pick['eligible']} of {pick['points']} points "
+            f"are within {WITHIN}x of it. The cheapest of them is {pick['model']} ({pick['params']:,} parameters) "
+            f"after {pick['step']} steps = {pick['epochs']:.0f} epochs, {pick['train_seconds'] / 60:.0f} min of "
+            f"training, A-FID {pick['a_fid']:.1f} (floor {recs[pick['model']].values['fid_floor']:.1f}).")
+

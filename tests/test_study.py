@@ -1,0 +1,54 @@
+"""Network study for the continual-learning tier: joint A-FID at every study point, the choice rule."""
+import numpy as np
+import pytest
+
+from rank1lib import store, study
+from rank1lib.profiles import load_profile
+
+
+class Rec(dict):
+    @property
+    def values(self):
+        return self["values"]
+
+
+def rec(params, rows):
+    return Rec(values={"params": params, "fid_floor": 1.0,
+                       "rows": [{"step": s, "train_seconds": t, "a_fid": a, "epochs": s / 10} for s, t, a in rows]})
+
+
+def test_choose_takes_the_cheapest_point_within_the_threshold():
+    recs = {"a": rec(1_000, [(100, 60.0, 30.0), (200, 120.0, 12.0)]),
+            "b": rec(5_000, [(100, 200.0, 10.0), (200, 400.0, 8.0)])}
+    pick = study.choose(recs)  # best 8.0 -> threshold 12.0; eligible a@200, b@100, b@200; cheapest a@200
+    assert (pick["model"], pick["step"], pick["threshold"], pick["eligible"]) == ("a", 200, 12.0, 3)
+    recs["c"] = rec(500, [(200, 120.0, 11.0)])  # same time as a@200, fewer parameters
+    assert study.choose(recs)["model"] == "c"
+    with pytest.raises(ValueError, match="no study results"):
+        study.choose({})
+
+
+def test_projected_hours_from_the_chosen_point():
+    cfg = load_profile("cpu")
+    pick = {"train_seconds": 100.0, "step": 100, "epochs": 10.0}
+    # 800 images per task, batch 128 -> 7 steps per epoch -> 70 steps per task; joint 10 x 32 = 320 steps;
+    # 1 shared task + 12 plain tasks + 2.3 x 16 distillation tasks = 49.8 task-equivalents -> 3486 + 320 s
+    assert study.projected_hours(cfg, pick, 800, 5) == pytest.approx((70 * 49.8 + 320) / 3600)
+
+
+def test_study_runs_and_stores_every_point(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK1_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("RANK1_CKPT", str(tmp_path / "ckpt"))
+    cfg = load_profile("ci", fid_extractor="pixels", ddim_steps=2, train_per_class=8, batch_size=8)
+    r = study.cl_study(cfg, "mnist-5k", 0, progress=False)
+    rows = r.values["rows"]
+    assert [x["step"] for x in rows] == cfg.study_steps
+    t = [x["train_seconds"] for x in rows]
+    assert 0 < t[0] < t[1]
+    for x in rows:  # A-FID of the joint model = mean FID over the 5 tasks
+        assert x["a_fid"] == pytest.approx(np.mean(x["fid_per_task"])) and len(x["fid_per_task"]) == 5
+        assert x["epochs"] == pytest.approx(x["step"] * 8 / 80)
+    assert r.arrays["samples"].shape == (5, 4, 1, 32, 32)
+    assert set(study.stored(cfg, "mnist-5k", ("tiny", "base"))) == {"tiny"}
+    again = study.cl_study(cfg, "mnist-5k", 0, progress=False)  # loaded from the store
+    assert again.values["rows"] == rows and store.load("ci", "cl_study", "mnist-5k-tiny-s0") is not None

@@ -25,8 +25,9 @@ from .profiles import Config, load_profile
 
 # Quiet-machine seconds per optimiser step at batch 128, one thread (this repo's 2-core Xeon,
 # torch 2.14.1, 2026-11-25); used for estimates until a run has measured its own.
-SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6}
+SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6, "mid": 2.4}  # mid: guessed
 SEC_PER_SPECTRUM_T_1T = 42.0  # one timestep of the Gram path, base UNet, N = 1024, one thread
+PER_CLASS = {"mnist-5k": 400, "fmnist": 6000}  # training images per class (estimates only)
 EXIT_DEADLINE = 3
 _STOP = threading.Event()  # set by Ctrl-C / SIGTERM: children are asked to checkpoint and stop
 
@@ -38,10 +39,12 @@ class Cmd:
     dataset: str | None = None
     seed: int = 0
     sets: dict = field(default_factory=dict)
+    method: str | None = None
 
     def argv(self, profile):
         a = ["run", self.experiment, "--profile", profile, "--seed", str(self.seed)]
         a += ["--dataset", self.dataset] if self.dataset else []
+        a += ["--method", self.method] if self.method else []
         for k, v in self.sets.items():
             a += ["--set", f"{k}={v}"]
         return a
@@ -60,6 +63,8 @@ class Item:
     seed: int = 0
     sets: dict = field(default_factory=dict)
     spectra_t: int = 0  # number of (timestep, snapshot) spectra the item computes
+    steps: int = 0      # optimiser steps of an item without a resumable analysis run (estimates only)
+    blocked: str = ""   # why the item may not run yet (shown by the status; never started)
 
 
 def fisher_items(cfg) -> list:
@@ -97,6 +102,55 @@ def fisher_items(cfg) -> list:
     return items
 
 
+def study_items(cfg) -> list:
+    """The network study of the continual-learning tier (issue 10): one joint model per candidate."""
+    from .study import CANDIDATES
+    return [Item(f"cl-study-{m}", f"joint {m} UNet on {cfg.dataset}, A-FID at {len(cfg.study_steps)} points "
+                 "(network study for Table 1)", [Cmd("cl_study", None, 0, {"model": m})], None, None, 0,
+                 {"model": m}, steps=max(cfg.study_steps)) for m in CANDIDATES]
+
+
+def table1_items(cfg) -> list:
+    """Table 1 at this tier (issue 10), in its priority order: mnist-5k seed 0 with all eight methods,
+    fmnist seed 0, mnist-5k seeds 1 and 2 for the Table-1 methods. Blocked until the profile's `model`
+    and `epochs` are the network study's choice (study.choose), so no run uses unmeasured settings."""
+    from . import study
+    from .continual import METHODS, RECIPES, TABLE1
+    from .runs import dataset_cfg
+    recs = study.stored(cfg, cfg.dataset)
+    blocked = ""
+    if len(recs) < len(study.CANDIDATES):
+        blocked = "waits for the network study (cl-study items)"
+    else:
+        pick = study.choose(recs)
+        want = (pick["model"], max(1, round(pick["epochs"])))
+        if (cfg.model, cfg.epochs) != want:
+            blocked = (f"the study chose model={want[0]}, epochs={want[1]}; set them in the profile "
+                       f"(now {cfg.model}, {cfg.epochs})")
+    out = []
+    for ds, seeds, methods in ((cfg.dataset, [0], METHODS), ("fmnist", [0], METHODS),
+                               (cfg.dataset, [s for s in cfg.seeds if s], TABLE1)):
+        for seed in seeds:
+            for m in methods:
+                dcfg = dataset_cfg(cfg, ds)
+                n_task = 2 * (dcfg.train_per_class or PER_CLASS.get(ds, 400))
+                per_task = dcfg.epochs * -(-n_task // dcfg.batch_size)
+                steps = per_task * (5 if m == "joint" else 4 * (2.3 if RECIPES[m][1] else 1.0))
+                out.append(Item(f"cl-{ds}-s{seed}-{m}", f"{m} on {ds}, seed {seed} (Table 1)",
+                                [Cmd("continual", ds, seed, method=m)], None, ds, seed, steps=int(steps),
+                                blocked=blocked))
+    return out
+
+
+def all_items(cfg) -> list:
+    """Every item of the profile's tier in campaign order: the Fisher chapters' items in progress,
+    the network study, then the remaining Fisher items and Table 1."""
+    fisher = fisher_items(cfg)
+    first = [i for i in fisher if i.key not in ("base-s1", "base-s2", "base-s0-x4")]
+    rest = [i for i in fisher if i not in first]
+    return first + study_items(cfg) + rest[:2] + table1_items(cfg) + rest[2:]
+
+
 def item_cfg(cfg, item) -> Config:
     return load_profile(cfg.name, **item.sets, **({"dataset": item.dataset} if item.dataset else {}))
 
@@ -110,7 +164,8 @@ def item_status(cfg, item) -> dict:
         icfg = load_profile(cfg.name, **c.sets, **({"dataset": c.dataset} if c.dataset else {}))
         try:
             with store.probing():
-                exps[c.experiment](icfg, icfg.dataset, c.seed, progress=False)
+                exps[c.experiment](icfg, icfg.dataset, c.seed, progress=False,
+                                   **({"method": c.method} if c.method else {}))
         except store.ResultPending:
             missing.append(c.experiment)
     out = {"missing": missing, "step": 0, "steps": 0}
@@ -131,9 +186,12 @@ def item_status(cfg, item) -> dict:
         eta += max(steps - info[0], 0) * per
     if missing:
         eta += item.spectra_t * SEC_PER_SPECTRUM_T_1T + 120
+        eta += item.steps * SEC_PER_STEP_1T.get(item.sets.get("model", cfg.model), 1.5)
     out["eta_s"] = eta if missing else 0.0
     out["state"] = "done" if not missing else ("partial" if out["step"] or len(missing) < len(item.cmds)
                                                else "pending")
+    if missing and item.blocked:
+        out["state"] = "blocked"
     return out
 
 
@@ -143,13 +201,17 @@ def _fmt_s(s):
 
 def print_status(cfg, items, statuses):
     print(f"campaign for profile {cfg.name!r} ({len(items)} items, priority order):")
+    w = max(len(it.key) for it in items)
     for i, (it, st) in enumerate(zip(items, statuses), 1):
-        prog = f" step {st['step']}/{st['steps']}" if st["steps"] and st["state"] != "done" else ""
-        eta = f", about {_fmt_s(st['eta_s'])} left at one thread" if st["state"] != "done" else ""
+        prog = f" step {st['step']}/{st['steps']}," if st["steps"] and st["state"] != "done" else ""
+        eta = f" about {_fmt_s(st['eta_s'])} left at one thread" if st["state"] != "done" else ""
         miss = f" [missing: {', '.join(st['missing'])}]" if st["missing"] else ""
-        print(f"  {i}. {it.key:<15} {st['state']:<8}{prog}{eta}{miss}  {it.title}")
-    left = sum(s["eta_s"] for s in statuses)
-    print(f"  total left: about {_fmt_s(left)} of one-thread work")
+        miss += f" [blocked: {it.blocked}]" if st["state"] == "blocked" else ""
+        print(f"  {i:>2}. {it.key:<{w}} {st['state']:<8}{prog}{eta}{miss}  {it.title}")
+    left = sum(s["eta_s"] for s in statuses if s["state"] != "blocked")
+    blocked = sum(s["eta_s"] for s in statuses if s["state"] == "blocked")
+    print(f"  total left: about {_fmt_s(left)} of one-thread work"
+          + (f" (+ about {_fmt_s(blocked)} blocked, at the profile's current settings)" if blocked else ""))
 
 
 def _ledger_path(cfg):
@@ -228,10 +290,10 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
     from concurrent.futures import ThreadPoolExecutor
     from filelock import FileLock, Timeout
     cfg = load_profile(profile)
-    items = [i for i in fisher_items(cfg) if not only or i.key in only]
+    items = [i for i in all_items(cfg) if not only or i.key in only]
     statuses = [item_status(cfg, i) for i in items]
     print_status(cfg, items, statuses)
-    todo = [i for i, s in zip(items, statuses) if s["state"] != "done"]
+    todo = [i for i, s in zip(items, statuses) if s["state"] not in ("done", "blocked")]
     if dry_run or not todo:
         print("dry run: nothing started" if dry_run else "nothing to do: every item is done")
         return 0

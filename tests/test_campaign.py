@@ -189,3 +189,23 @@ def test_devices_give_one_worker_per_gpu_each_item_on_its_own(tmp_store, monkeyp
     assert sorted(d for _, d in seen) == ["0", "1"] and sorted(e for e, _ in seen) == ["init_spread", "vae"]
     ledger = json.loads((store.results_root() / "ci" / "campaign.json").read_text())
     assert sorted(e["device"] for e in ledger) == ["0", "1"]
+
+
+def test_table1_items_wait_for_the_network_study_and_its_choice(tmp_store, monkeypatch):
+    from rank1lib import campaign, study
+    cfg = load_profile("ci")
+    items = campaign.table1_items(cfg)
+    assert len(items) == 8 + 8 + 0 and all("network study" in i.blocked for i in items)  # ci has seed 0 only
+    assert campaign.item_status(cfg, items[0])["state"] == "blocked"
+
+    class Rec(dict):
+        values = property(lambda self: self["values"])
+    fake = {m: Rec(values={"params": p, "rows": [{"step": 8, "train_seconds": t, "a_fid": a, "epochs": 3.2}]})
+            for m, p, t, a in (("small3", 1, 10.0, 90.0), ("base", 2, 20.0, 50.0), ("mid", 3, 99.0, 40.0))}
+    monkeypatch.setattr(study, "stored", lambda cfg, ds, models=study.CANDIDATES, seed=0: fake)
+    # best 40 -> within 60: base (20 s) and mid (99 s); base is cheaper -> model base, 3 epochs per task
+    blocked = campaign.table1_items(cfg)[0].blocked
+    assert "model=base, epochs=3" in blocked and "now tiny, 1" in blocked
+    ok = load_profile("ci", model="base", epochs=3)
+    assert not any(i.blocked for i in campaign.table1_items(ok))
+    assert campaign.table1_items(ok)[0].cmds[0].argv("ci")[-2:] == ["--method", "joint"]

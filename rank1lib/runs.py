@@ -115,50 +115,20 @@ def table1(recs, dataset):
     rows = []
     for m, rs in recs.items():
         p = paper.get(m, (None,) * 4)
-        rows.append({"method": NAMES[m], "A-FID (ours)": fmt(*metric(rs, "a_fid")),
-                     "A-FID (paper)": fmt(p[0], p[1]), "forgetting (ours)": fmt(*metric(rs, "forgetting")),
-                     "forgetting (paper)": fmt(p[2], p[3])})
+        row = {"method": NAMES[m], "A-FID (ours)": fmt(*metric(rs, "a_fid")),
+               "A-FID (paper)": fmt(p[0], p[1]), "forgetting (ours)": fmt(*metric(rs, "forgetting")),
+               "forgetting (paper)": fmt(p[2], p[3])}
+        if all("a_kid" in r.values for r in rs):  # results stored before KID was added have none
+            k, ks = metric(rs, "a_kid")
+            fk, fks = metric(rs, "forgetting_kid")
+            row |= {"A-KID ×10³ (ours)": fmt(1e3 * k, ks and 1e3 * ks, 2),
+                    "KID forgetting ×10³ (ours)": fmt(fk and 1e3 * fk, fks and 1e3 * fks, 2)}
+        rows.append(row)
+    if any("fid_floor" in r.values for rs in recs.values() for r in rs):
+        r0 = next(r for rs in recs.values() for r in rs if "fid_floor" in r.values)
+        rows.append({"method": "floor: held-out real images", "A-FID (ours)": fmt(float(np.mean(r0.values["fid_floor"]))),
+                     "A-KID ×10³ (ours)": fmt(1e3 * float(np.mean(r0.values["kid_floor"])), None, 2)})
     return pd.DataFrame(rows).set_index("method")
-
-
-def _best(recs, key, among):
-    vals = {m: metric(recs[m], key)[0] for m in among if m in recs}
-    vals = {m: v for m, v in vals.items() if v is not None}
-    return min(vals, key=vals.get) if vals else None
-
-
-def verdict_word(ok, profile):
-    """'agrees' / 'does not agree' in bold at a real tier; at a toy profile only whether the rule held."""
-    from .claims import TOY_PROFILES
-    if profile in TOY_PROFILES:
-        return f"rule {'holds' if ok else 'does not hold'} (smoke test at profile {profile}: not evidence)"
-    return "**agrees**" if ok else "**does not agree**"
-
-
-def claims(recs, dataset):
-    """One line per claim of sec. 5.1: what the paper says, what we measured, agree or not."""
-    cont = [m for m in TABLE1 if m != "joint" and m in recs]
-    a = {m: metric(recs[m], "a_fid")[0] for m in recs}
-    f = {m: metric(recs[m], "forgetting")[0] for m in recs}
-    profile = next(iter(recs.values()))[0]["profile"]
-    verdict = lambda ok: verdict_word(ok, profile)  # noqa: E731
-    lines = []
-    ba, bf = _best(recs, "a_fid", cont), _best(recs, "forgetting", cont)
-    lines.append(f"Rank-1 + GD has the lowest A-FID and forgetting of the continual methods (paper: yes). "
-                 f"Ours: lowest A-FID {NAMES.get(ba)}, lowest forgetting {NAMES.get(bf)} → "
-                 f"{verdict(ba == 'rank1-gd' and bf == 'rank1-gd')}.")
-    if PAPER_DATASET[dataset] in ("MNIST", "FMNIST") and "rank1-gd" in recs:
-        fr, ar = f["rank1-gd"], a["rank1-gd"]
-        near = fr is not None and ar is not None and abs(fr) <= 0.1 * ar
-        lines.append(f"Forgetting of Rank-1 + GD is near zero on {PAPER_DATASET[dataset]} (paper: "
-                     f"{PAPER_T1[PAPER_DATASET[dataset]]['rank1-gd'][2]}; criterion here: |F| <= 10% of its "
-                     f"A-FID). Ours: F = {fmt(fr)} with A-FID {fmt(ar)} → {verdict(near)}.")
-    if all(m in recs for m in ("diag", "rank1", "gd")):
-        fails = all(a[m] > a["gd"] and f[m] > f["gd"] for m in ("diag", "rank1"))
-        lines.append(f"EWC without distillation fails: Diag and Rank-1 w/o GD have higher A-FID and forgetting "
-                     f"than GD alone (paper: yes). Ours: A-FID {fmt(a['diag'])} / {fmt(a['rank1'])} vs "
-                     f"{fmt(a['gd'])}, F {fmt(f['diag'])} / {fmt(f['rank1'])} vs {fmt(f['gd'])} → {verdict(fails)}.")
-    return lines
 
 
 def afid_curves(recs):

@@ -111,9 +111,11 @@ def study_items(cfg) -> list:
 
 
 def table1_items(cfg) -> list:
-    """Table 1 at this tier (issue 10), in its priority order: mnist-5k seed 0 with all eight methods,
-    fmnist seed 0, mnist-5k seeds 1 and 2 for the Table-1 methods. Blocked until the profile's `model`
-    and `epochs` are the network study's choice (study.choose), so no run uses unmeasured settings."""
+    """Table 1 at this tier (issue 10), in its priority order: mnist-5k seed 0 with all eight methods, the
+    lambda sweep (Rank-1 + GD and Diag + GD at the other study.LAMBDAS), fmnist seed 0, mnist-5k seeds 1
+    and 2 for the Table-1 methods. Blocked until the profile's `model` and `epochs` are the network
+    study's choice (study.choose), and the later ones until its `lam` is the sweep's (study.choose_lam),
+    so that no run uses settings that were not measured."""
     from . import study
     from .continual import METHODS, RECIPES, TABLE1
     from .runs import dataset_cfg
@@ -127,18 +129,30 @@ def table1_items(cfg) -> list:
         if (cfg.model, cfg.epochs) != want:
             blocked = (f"the study chose model={want[0]}, epochs={want[1]}; set them in the profile "
                        f"(now {cfg.model}, {cfg.epochs})")
-    out = []
-    for ds, seeds, methods in ((cfg.dataset, [0], METHODS), ("fmnist", [0], METHODS),
-                               (cfg.dataset, [s for s in cfg.seeds if s], TABLE1)):
-        for seed in seeds:
-            for m in methods:
-                dcfg = dataset_cfg(cfg, ds)
-                n_task = 2 * (dcfg.train_per_class or PER_CLASS.get(ds, 400))
-                per_task = dcfg.epochs * -(-n_task // dcfg.batch_size)
-                steps = per_task * (5 if m == "joint" else 4 * (2.3 if RECIPES[m][1] else 1.0))
-                out.append(Item(f"cl-{ds}-s{seed}-{m}", f"{m} on {ds}, seed {seed} (Table 1)",
-                                [Cmd("continual", ds, seed, method=m)], None, ds, seed, steps=int(steps),
-                                blocked=blocked))
+    lam_block = blocked
+    if not blocked:
+        try:
+            lam = study.choose_lam(study.sweep(cfg, cfg.dataset))
+            if lam != cfg.lam:
+                lam_block = f"the lambda sweep chose lam={lam:g}; set it in the profile (now {cfg.lam:g})"
+        except ValueError as e:
+            lam_block = f"waits for the lambda sweep ({e})"
+
+    def item(ds, seed, m, title, sets=None, why=blocked):
+        dcfg = dataset_cfg(cfg, ds)
+        n_task = 2 * (dcfg.train_per_class or PER_CLASS.get(ds, 400))
+        per_task = dcfg.epochs * -(-n_task // dcfg.batch_size)
+        steps = per_task * (5 if m == "joint" else 4 * (2.3 if RECIPES[m][1] else 1.0))
+        lam = f"-lam{sets['lam']:g}" if sets else ""
+        return Item(f"cl-{ds}-s{seed}-{m}{lam}", title, [Cmd("continual", ds, seed, dict(sets or {}), method=m)],
+                    None, ds, seed, dict(sets or {}), steps=int(steps), blocked=why)
+
+    out = [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0 (Table 1)") for m in METHODS]
+    out += [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0, lambda = {lam:g} (lambda sweep)", {"lam": lam})
+            for m in study.SWEEP_METHODS for lam in study.LAMBDAS if lam != cfg.lam]
+    out += [item("fmnist", 0, m, f"{m} on fmnist, seed 0 (Table 1)", why=lam_block) for m in METHODS]
+    out += [item(cfg.dataset, s, m, f"{m} on {cfg.dataset}, seed {s} (Table 1)", why=lam_block)
+            for s in cfg.seeds if s for m in TABLE1]
     return out
 
 

@@ -58,6 +58,13 @@ def dataset_cfg(cfg, dataset):
     return cfg
 
 
+def result_name(cfg, dataset, method, seed):
+    """Stored name of a run; penalty methods carry lambda, so a lambda-sweep point and the Table-1 run
+    at the same lambda are one result."""
+    lam = f"-lam{cfg.lam:g}" if continual.RECIPES.get(method, (None,))[0] else ""
+    return f"{dataset}-{method}-s{seed}{lam}"
+
+
 @experiment("continual", "class-incremental run of one --method (all Table-1 methods without it)")
 def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
     """Continual learning over the dataset's tasks; stores FID matrix, A-FID@k, forgetting, samples."""
@@ -78,7 +85,7 @@ def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
         return values, arrays, str(device)
 
     rec = store.load_or_compute(
-        cfg.name, "continual", f"{name}-{method}-s{seed}", conf, compute, **store.policy(cfg),
+        cfg.name, "continual", result_name(cfg, name, method, seed), conf, compute, **store.policy(cfg),
         command=f"python -m rank1lib run continual --profile {cfg.name} --dataset {name} --method {method} "
                 f"--seed {seed}{set_args(cfg)}")
     if computed and cfg.get("state_in_store"):  # stored now: its committed training state is not needed
@@ -231,7 +238,7 @@ def stored(cfg, dataset, methods, seeds=None):
     out = {}
     cfg = dataset_cfg(cfg, dataset)
     for m in methods:
-        rs = [store.load(cfg.name, "continual", f"{dataset}-{m}-s{s}", continual.run_config(cfg, dataset, m, s))
+        rs = [store.load(cfg.name, "continual", result_name(cfg, dataset, m, s), continual.run_config(cfg, dataset, m, s))
               for s in (seeds or cfg.seeds)]
         if all(r is not None for r in rs):
             out[m] = rs

@@ -195,7 +195,8 @@ def test_table1_items_wait_for_the_network_study_and_its_choice(tmp_store, monke
     from rank1lib import campaign, study
     cfg = load_profile("ci")
     items = campaign.table1_items(cfg)
-    assert len(items) == 8 + 8 + 0 and all("network study" in i.blocked for i in items)  # ci has seed 0 only
+    # ci has seed 0 only: 8 methods on mnist-5k, 2 methods x 2 other lambdas, 8 methods on fmnist
+    assert len(items) == 8 + 4 + 8 and all("network study" in i.blocked for i in items)
     assert campaign.item_status(cfg, items[0])["state"] == "blocked"
 
     class Rec(dict):
@@ -207,5 +208,13 @@ def test_table1_items_wait_for_the_network_study_and_its_choice(tmp_store, monke
     blocked = campaign.table1_items(cfg)[0].blocked
     assert "model=base, epochs=3" in blocked and "now tiny, 1" in blocked
     ok = load_profile("ci", model="base", epochs=3)
-    assert not any(i.blocked for i in campaign.table1_items(ok))
-    assert campaign.table1_items(ok)[0].cmds[0].argv("ci")[-2:] == ["--method", "joint"]
+    items = campaign.table1_items(ok)
+    assert not any(i.blocked for i in items[:12]) and all("lambda sweep" in i.blocked for i in items[12:])
+    assert items[0].cmds[0].argv("ci")[-2:] == ["--method", "joint"]
+    assert items[8].key == "cl-mnist-5k-s0-rank1-gd-lam340000" and items[8].cmds[0].sets == {"lam": 340000.0}
+    # the sweep: Rank-1 + GD is best at 340000 -> the later items wait for the profile to say so
+    a_fid = {15000.0: 20.0, 340000.0: 12.0, study.PAPER_LAM * 512: 30.0}
+    swept = {"rank1-gd": {lam: Rec(values={"a_fid": a}) for lam, a in a_fid.items()}}
+    monkeypatch.setattr(study, "sweep", lambda cfg, ds="mnist-5k", seed=0: swept)
+    assert "chose lam=340000" in campaign.table1_items(ok)[12].blocked
+    assert not any(i.blocked for i in campaign.table1_items(load_profile("ci", model="base", epochs=3, lam=340000.0)))

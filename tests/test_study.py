@@ -52,3 +52,11 @@ def test_study_runs_and_stores_every_point(tmp_path, monkeypatch):
     assert set(study.stored(cfg, "mnist-5k", ("tiny", "base"))) == {"tiny"}
     again = study.cl_study(cfg, "mnist-5k", 0, progress=False)  # loaded from the store
     assert again.values["rows"] == rows and store.load("ci", "cl_study", "mnist-5k-tiny-s0") is not None
+
+
+def test_choose_lam_rule():
+    pts = {lam: Rec(values={"a_fid": a}) for lam, a in zip(study.LAMBDAS, (9.0, 7.0, 7.0))}
+    assert study.choose_lam({"rank1-gd": pts}) == study.LAMBDAS[1]  # tie at 7.0 -> the smaller lambda
+    with pytest.raises(ValueError, match="incomplete"):
+        study.choose_lam({"rank1-gd": {study.LAMBDAS[0]: pts[study.LAMBDAS[0]]}})
+    assert study.LAMBDAS[2] == 15000 * 512 and "15000 x D/2" in study.convention(study.LAMBDAS[2])

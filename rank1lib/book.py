@@ -66,6 +66,18 @@ def stored(fn, cfg, *args, **kw):
         return None
 
 
+def keep(fig, rec, tag):
+    """Show a figure and keep it as a PNG next to the stored result it plots
+    (<results>/<profile>/<experiment>/<name>.fig-<tag>.png); a read-only store is skipped silently."""
+    import matplotlib.pyplot as plt
+    from .store import save_png
+    try:
+        save_png(rec["profile"], rec["experiment"], f"{rec['name']}.fig-{tag}", fig)
+    except OSError:
+        pass
+    plt.show()
+
+
 def show_provenance(rec):
     """The provenance line of a stored result as wrapped Markdown under a figure or table."""
     _show(f"*Source:* {provenance_line(rec)}", provenance_line(rec))

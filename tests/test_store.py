@@ -89,3 +89,30 @@ def test_probing_is_per_thread(tmp_store):
         with pytest.raises(store.ResultPending):
             store.load_or_compute("ci", "e", "n", {}, lambda: computed.append(1) or ({}, None))
     assert not computed
+
+
+def test_book_keeps_each_figure_as_png_next_to_its_result(tmp_store):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+    from rank1lib import book
+    store.save("ci", "spectrum", "mnist-5k-base-s0", {}, {"r": [0.1]})
+    rec = store.load("ci", "spectrum", "mnist-5k-base-s0")
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [1, 0])
+    book.keep(fig, rec, "fig3")
+    png = store.result_dir("ci", "spectrum") / "mnist-5k-base-s0.fig-fig3.png"
+    assert png.exists() and matplotlib.image.imread(png).shape[2] in (3, 4)
+    first = png.read_bytes()
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [1, 0])
+    book.keep(fig, rec, "fig3")  # the same figure again: byte-identical, so a re-render changes no file
+    assert png.read_bytes() == first
+    os.chmod(png.parent, 0o555)  # a read-only store: shown, not kept, no error
+    try:
+        if not os.access(png.parent, os.W_OK):  # (root ignores the mode)
+            book.keep(plt.subplots()[0], rec, "other")
+            assert not (png.parent / "mnist-5k-base-s0.fig-other.png").exists()
+    finally:
+        os.chmod(png.parent, 0o755)

@@ -8,8 +8,10 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 
 
 def __getattr__(name):
-    """The public API, imported on first use (rank1lib.task_statistics, rank1lib.Rank1EWC, rank1lib.TaskStats)."""
-    if name in ("task_statistics", "Rank1EWC", "TaskStats"):
+    """The public API, imported on first use: task_statistics, Rank1EWC, TaskStats, and for the baselines
+    per_sample_gradients, diagonal_fisher, rank_k_fisher (rank1lib.consolidate)."""
+    if name in ("task_statistics", "Rank1EWC", "TaskStats", "per_sample_gradients", "diagonal_fisher",
+                "rank_k_fisher"):
         from . import consolidate
         return getattr(consolidate, name)
     raise AttributeError(f"module 'rank1lib' has no attribute {name!r}")

@@ -11,6 +11,11 @@ model, data and noise schedule; `batches` is a list (or anything iterable twice)
 way training draws them (for a diffusion model: x0, t and eps sampled jointly). The statistics are
 exact for the samples given: mu by one backward of the summed loss per batch, the products mu^T g_i
 by a second, double backward per batch (no per-sample gradients, no forward-mode AD).
+
+The baselines of the paper's Table 1 and app. E.4.1 come from the same kind of call:
+    F_diag = diagonal_fisher(model, per_sample_loss, batches)               # E[g^2], diagonal EWC
+    V, s = rank_k_fisher(model, per_sample_loss, draw_batches, k=5, iters=20)  # top-k pairs of E[g g^T]
+(per-sample gradients by torch.func.vmap over the batch; the model must work under torch.func).
 """
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import ewc
 
-__all__ = ["TaskStats", "task_statistics", "Rank1EWC"]
+__all__ = ["TaskStats", "task_statistics", "Rank1EWC", "per_sample_gradients", "diagonal_fisher", "rank_k_fisher"]
 
 
 def _unwrap(model):
@@ -118,12 +123,9 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
         u = torch.zeros_like(losses, requires_grad=True)
         jt_u = torch.autograd.grad(losses, params, grad_outputs=u, create_graph=True)
         dots.append(torch.autograd.grad(sum((g * m).sum() for g, m in zip(jt_u, mu32)), u)[0].detach().double())
-        if diag:  # E[g^2] needs the per-sample gradients themselves: one backward per sample
-            losses = per_sample_loss(model, batch)
-            for li in losses:
-                g = torch.autograd.grad(li, params, retain_graph=True)
-                sq = torch.cat([x.reshape(-1) for x in g]).double().pow(2)
-                d2 = sq if d2 is None else d2 + sq
+        if diag:  # E[g^2] needs the per-sample gradients themselves
+            sq = per_sample_gradients(model, per_sample_loss, batch, names).double().pow(2).sum(0)
+            d2 = sq if d2 is None else d2 + sq
         bar.update()
     bar.close()
     mu_flat = torch.cat([m.reshape(-1) for m in mu])
@@ -132,6 +134,80 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
     return TaskStats(mu=mu_flat.float().cpu(), c_star=c_star, theta_star=theta.float().cpu(), names=names,
                      shapes=[list(p.shape) for p in params], n_samples=n,
                      diag=(d2 / n).float().cpu() if diag else None)
+
+
+class _Bound:
+    """Stands in for `model` inside a user's per-sample loss, with the given parameters (torch.func)."""
+
+    def __init__(self, model, params):
+        self._model, self._params = model, params
+
+    def __call__(self, *args, **kwargs):
+        return torch.func.functional_call(self._model, self._params, args, kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def per_sample_gradients(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.Module, Any], torch.Tensor],
+                         batch: Any, names: Sequence[str] | None = None) -> torch.Tensor:
+    """(n, P) float32 per-sample gradients g_i of per_sample_loss over one batch (a tensor or a tuple/dict
+    of tensors with the samples on dim 0), by torch.func.vmap(grad); parameter order as in TaskStats."""
+    from torch.utils._pytree import tree_map
+    base = _unwrap(model)
+    names, params = _selected(model, names)
+    sub = {n: p.detach() for n, p in zip(names, params)}
+
+    def one(p, sample):
+        loss = per_sample_loss(_Bound(base, p), tree_map(lambda a: a.unsqueeze(0), sample))
+        return loss.reshape(-1)[0]
+    with _plain_attention(model):
+        g = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0), randomness="different")(sub, batch)
+    return torch.cat([g[n].reshape(g[n].shape[0], -1).float() for n in names], dim=1)
+
+
+def diagonal_fisher(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.Module, Any], torch.Tensor],
+                    batches: Iterable, names: Sequence[str] | None = None) -> torch.Tensor:
+    """Diagonal empirical Fisher E[g^2] (P,) float32 over every sample of `batches` (diagonal EWC)."""
+    from .fisher import full_precision
+    d2, n = None, 0
+    with full_precision():
+        for batch in batches:
+            G = per_sample_gradients(model, per_sample_loss, batch, names).double()
+            d2 = G.pow(2).sum(0) if d2 is None else d2 + G.pow(2).sum(0)
+            n += len(G)
+    return (d2 / n).float().cpu()
+
+
+def _fisher_times(model, per_sample_loss, batches, V, names):
+    """F V = mean_i g_i (g_i^T V) over the samples of `batches`; V (P, k) float64."""
+    out, n = torch.zeros_like(V), 0
+    for batch in batches:
+        G = per_sample_gradients(model, per_sample_loss, batch, names).double().to(V.device)
+        out += G.T @ (G @ V)
+        n += len(G)
+    return out / n
+
+
+def rank_k_fisher(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.Module, Any], torch.Tensor],
+                  draw_batches: Callable[[int], Iterable], k: int, iters: int, seed: int = 0,
+                  names: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenpairs (V (P, k) float32 orthonormal, s (k,) decreasing) of the empirical Fisher by
+    stochastic power iteration (app. E.4.1): iteration i multiplies by F estimated on draw_batches(i)
+    and re-orthonormalises (QR); a final Rayleigh-Ritz step on draw_batches(iters) rotates V to the
+    eigenvectors of V^T F V, so the pairs carry no cross terms there."""
+    from .fisher import full_precision
+    P = sum(p.numel() for p in _selected(model, names)[1])
+    gen = torch.Generator().manual_seed(int(seed) * 9_973 + 17)
+    V, _ = torch.linalg.qr(torch.randn(P, k, generator=gen, dtype=torch.float64))
+    with full_precision():
+        for it in range(int(iters)):
+            V, _ = torch.linalg.qr(_fisher_times(model, per_sample_loss, draw_batches(it), V, names))
+        FV = _fisher_times(model, per_sample_loss, draw_batches(int(iters)), V, names)
+    H = V.T @ FV
+    s, U = torch.linalg.eigh((H + H.T) / 2)  # Ritz values (ascending) and rotation
+    order = torch.argsort(s, descending=True)
+    return (V @ U[:, order]).float(), s[order].clamp_min(0).float()
 
 
 class Rank1EWC(torch.nn.Module):

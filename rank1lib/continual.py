@@ -192,12 +192,13 @@ def samples(model, dataset, cfg, per_class=2):
 
 
 def task_statistics(kind, model, x, y, cfg, seed):
-    """Statistics of the just-finished task from its real training data (sec. 3.3, app. E.4.1)."""
+    """Statistics of the just-finished task from its real training data (sec. 3.3, app. E.4.1), all three
+    kinds through the public API of rank1lib.consolidate."""
     if kind == "rank1":
         mu, c_star = fisher.mu_c_star(model, x, y, cfg.mu_samples, seed)
         return {"mu": mu, "c_star": c_star}
     if kind == "diag":
-        return {"F": fisher.diag_fisher(model, x, y, cfg.mu_samples, seed)}
+        return {"F": fisher.diag_fisher_api(model, x, y, cfg.mu_samples, seed)}
     V, s = ewc.rank_k_fisher(model, x, y, cfg.rank_k, cfg.power_iters, cfg.mu_samples, seed)
     return {"V": V, "s": s}
 

@@ -11,7 +11,7 @@ The whole parameter vector is never concatenated during training.
 """
 import torch
 
-from . import fisher
+from . import diffusion, fisher
 
 
 def split_like(flat, params):
@@ -128,33 +128,14 @@ def make_penalty(kind, lam):
     raise ValueError(f"unknown penalty {kind!r}; valid: rank1, rankk, diag")
 
 
-def _fisher_times(model, V, x0, y, t, eps, chunk):
-    """F V = mean_i g_i (g_i^T V) for the empirical Fisher over the given samples; V (P, k) float64."""
-    names = fisher.param_names(model)
-    out, n = torch.zeros_like(V), 0
-    for _, g in fisher.iter_per_sample_grads(model, x0, y, t, eps, chunk, names, method="auto"):
-        G = fisher.flatten_grads(g, names).double().to(V.device)
-        out += G.T @ (G @ V)
-        n += G.shape[0]
-    return out / n
-
-
 def rank_k_fisher(model, x0_uint8, y, k, iters, n_samples, seed, chunk=32):
-    """Top-k eigenpairs of the empirical Fisher E[g g^T] by stochastic power iteration (app. E.4.1).
+    """Top-k eigenpairs of the empirical Fisher E[g g^T] by stochastic power iteration (app. E.4.1), over
+    fresh joint samples (x0, t, eps) of n_samples per iteration: the public consolidate.rank_k_fisher
+    with rank1lib's loss. Returns V (P, k) float32 with orthonormal columns and s (k,) decreasing."""
+    from .consolidate import rank_k_fisher as rank_k
 
-    Each iteration multiplies by F estimated on a fresh joint sample (x0, t, eps) of n_samples and
-    re-orthonormalises (QR); a final Rayleigh-Ritz step on one more fresh sample rotates V to the
-    eigenvectors of V^T F V, so the stored pairs have no cross terms (V^T F V = diag(s) there).
-    Returns V (P, k) float32 with orthonormal columns and s (k,) in decreasing order.
-    """
-    P = sum(p.numel() for p in _params(model))
-    gen = torch.Generator().manual_seed(int(seed) * 9_973 + 17)
-    V, _ = torch.linalg.qr(torch.randn(P, k, generator=gen, dtype=torch.float64))
-    for it in range(int(iters)):
-        V, _ = torch.linalg.qr(_fisher_times(model, V, *fisher.joint_samples(
-            x0_uint8, y, n_samples, seed * 1_000 + it + 1), chunk))
-    FV = _fisher_times(model, V, *fisher.joint_samples(x0_uint8, y, n_samples, seed * 1_000), chunk)
-    H = V.T @ FV
-    s, U = torch.linalg.eigh((H + H.T) / 2)  # Ritz values (ascending) and rotation
-    order = torch.argsort(s, descending=True)
-    return (V @ U[:, order]).float(), s[order].clamp_min(0).float()
+    def draw(it):  # iteration it: a fresh sample; the final Rayleigh-Ritz step: sample seed * 1000
+        return fisher.book_batches(model, x0_uint8, y, n_samples, seed * 1_000 + (it + 1 if it < iters else 0), chunk)
+    with fisher.grad_mode(model):
+        loss = fisher.diffusion_loss(diffusion.alpha_bar(next(model.parameters()).device))
+        return rank_k(model, loss, draw, k, iters, seed)

@@ -151,6 +151,22 @@ def diffusion_loss(ab):
     return loss
 
 
+def book_batches(model, x0_uint8, y, n_samples, seed, chunk):
+    """The joint samples (x0, y, t, eps) of sec. 3.3 as batches for the public API, on the model's device."""
+    x0, yy, t, eps = joint_samples(x0_uint8, y, n_samples, seed)
+    device = next(model.parameters()).device
+    x0, yy, t, eps = _as_model_range(x0).to(device), yy.to(device), t.to(device), eps.to(device)
+    return [(x0[s:s + chunk], yy[s:s + chunk], t[s:s + chunk], eps[s:s + chunk]) for s in range(0, n_samples, chunk)]
+
+
+def diag_fisher_api(model, x0_uint8, y, n_samples, seed, chunk=32):
+    """Diagonal Fisher over the joint sampling through the public API (the continual loop's path)."""
+    from .consolidate import diagonal_fisher
+    with grad_mode(model):
+        loss = diffusion_loss(diffusion.alpha_bar(next(model.parameters()).device))
+        return diagonal_fisher(model, loss, book_batches(model, x0_uint8, y, n_samples, seed, chunk))
+
+
 def mu_c_star(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
     """mu = E[g] and c* = E[(mu^T g)^2] / ||mu||^4 over the joint sampling of sec. 3.3.
 
@@ -159,11 +175,8 @@ def mu_c_star(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
     Returns (mu flat float32 (P,) on CPU, c_star float).
     """
     from .consolidate import task_statistics
-    x0, yy, t, eps = joint_samples(x0_uint8, y, n_samples, seed)
     device = next(model.parameters()).device
-    x0, yy, t, eps = _as_model_range(x0).to(device), yy.to(device), t.to(device), eps.to(device)
-    batches = [(x0[s:s + chunk], yy[s:s + chunk], t[s:s + chunk], eps[s:s + chunk])
-               for s in range(0, n_samples, chunk)]
+    batches = book_batches(model, x0_uint8, y, n_samples, seed, chunk)
     with grad_mode(model):
         st = task_statistics(model, diffusion_loss(diffusion.alpha_bar(device)), batches, progress=progress)
     return st.mu, st.c_star

@@ -33,6 +33,9 @@ def test_statistics_equal_the_per_sample_reference():
     d_ref = fisher.diag_fisher(net, x, y, 12, seed=5, method="loop")
     assert (st.diag - d_ref).abs().max() <= 1e-5 * d_ref.abs().max()
     assert st.n_samples == 12 and torch.equal(st.theta_star, fisher.flat_params(net))
+    # the continual loop's diagonal (public API, rank1lib's loss) on the same joint samples
+    d_api = fisher.diag_fisher_api(net, x, y, 12, seed=5, chunk=5)
+    assert (d_api - d_ref).abs().max() <= 1e-5 * d_ref.abs().max()
 
 
 def test_penalty_matches_the_formula_and_survives_save_load(tmp_path):
@@ -124,3 +127,29 @@ def test_penalty_sees_through_torch_compile():
     want = float(pen(net))
     pen._impl = None  # rebuild against the wrapper
     assert want > 0 and float(pen(torch.compile(net))) == pytest.approx(want, rel=1e-6)
+
+
+def test_baselines_through_the_public_api_on_a_non_diffusers_model():
+    """per_sample_gradients / diagonal_fisher / rank_k_fisher on a plain MLP with a dict batch, against
+    one autograd.grad per sample and a dense eigendecomposition of G^T G / n."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
+
+    def mse(model, batch):  # a user's per-sample loss: any model, any batch structure
+        return (model(batch["x"]).squeeze(1) - batch["y"]).pow(2)
+    batches = [{"x": torch.randn(7, 4), "y": torch.randn(7)} for _ in range(3)]
+    rows = []
+    for b in batches:
+        for i in range(7):
+            g = torch.autograd.grad(mse(net, {"x": b["x"][i:i + 1], "y": b["y"][i:i + 1]})[0], list(net.parameters()))
+            rows.append(torch.cat([x.reshape(-1) for x in g]))
+    G = torch.stack(rows).double()
+    got = torch.cat([rank1lib.per_sample_gradients(net, mse, b) for b in batches]).double()
+    assert (got - G).abs().max() <= 1e-6 * G.abs().max()
+    d = rank1lib.diagonal_fisher(net, mse, batches)
+    assert torch.allclose(d.double(), G.pow(2).mean(0), rtol=1e-5, atol=1e-9)
+    # power iteration on the same samples every iteration converges to the dense top-2 eigenpairs
+    V, s = rank1lib.rank_k_fisher(net, mse, lambda it: batches, k=2, iters=60, seed=1)
+    ev, U = torch.linalg.eigh(G.T @ G / len(G))
+    assert torch.allclose(s.double(), ev.flip(0)[:2], rtol=1e-4)
+    assert (V.double().T @ U[:, -2:]).abs().max(0).values.min() > 0.999

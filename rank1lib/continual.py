@@ -146,14 +146,15 @@ class Evaluator:
         return cached(f, lambda: fid.features(self.metric, x))
 
     def ref_features(self, i):
+        """(features, mu, sigma) of task i's reference images, computed once per evaluator."""
         if i not in self._refs:
-            self._refs[i] = self._features(self.reference(i)[0], f"task{i}-test")
+            ref = self._features(self.reference(i)[0], f"task{i}-test")
+            self._refs[i] = (ref, *fid.stats(ref))
         return self._refs[i]
 
     def scores(self, i, feats):
         """(FID, KID) of features `feats` against task i's reference."""
-        ref = self.ref_features(i)
-        mu, sigma = fid.stats(ref)
+        ref, mu, sigma = self.ref_features(i)
         return fid.frechet_distance(mu, sigma, feats2=feats), fid.kid(ref, feats)
 
     def row(self, model, k):

@@ -75,6 +75,43 @@ def fast_step_fn(model, x, y, cfg, device, penalty=None):
     return step
 
 
+# Dense bf16 tensor-core peak (vendor spec sheets, TFLOP/s) for model-FLOP utilisation; others: not stated.
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}
+
+
+def step_flops(model, x, y):
+    """FLOPs of one forward + backward of L_simple (eq. 2) on a batch, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    ab = alpha_bar(x.device)
+    with FlopCounterMode(display=False) as counter:
+        loss_simple(model, to_model_range(x), y, ab).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def peak_tflops(device_name):
+    """The bf16 dense peak of a known GPU named in device_name, else None."""
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in (device_name or "")), None)
+
+
+def fid_speed(cfg, device, on_cpu, g):
+    """Seconds for FID features of n images and for the Frechet distance; None where the extractor is missing."""
+    try:
+        metric = fid.make_metric(cfg.fid_extractor, 1, device)
+    except (FileNotFoundError, RuntimeError) as e:
+        return None, None, None, f"{type(e).__name__}: {e}"
+    n_fid = 16 if on_cpu else 1000
+    imgs = torch.randint(0, 256, (n_fid, 1, 32, 32), dtype=torch.uint8, generator=g)
+    fid.features(metric, imgs[:4])  # warm-up
+    t0 = time.perf_counter()
+    feats = fid.features(metric, imgs)
+    t_feat = time.perf_counter() - t0
+    ref = fid.stats(torch.randn(feats.shape[1] + 64, feats.shape[1], dtype=torch.float64))
+    t0 = time.perf_counter()
+    fid.frechet_distance(*ref, *fid.stats(torch.randn(feats.shape[1] + 64, feats.shape[1], dtype=torch.float64)))
+    return n_fid, t_feat, time.perf_counter() - t0, None
+
+
 def penalties(model, n_tasks=4, lam=15000.0):
     """Rank-1 (the public Rank1EWC, as the continual loop uses it) and diagonal penalties holding n_tasks
     random past tasks (the cost does not depend on the values)."""
@@ -125,23 +162,21 @@ def bench_train(cfg):
     t_ddim = time.perf_counter() - t0
     rows.append({"measurement": f"DDIM {cfg.ddim_steps} steps, {n_img} images", "seconds": t_ddim,
                  "images_per_s": n_img / t_ddim})
-    metric = fid.make_metric(cfg.fid_extractor, 1, device)
-    n_fid = 16 if on_cpu else 1000
-    imgs = torch.randint(0, 256, (n_fid, 1, 32, 32), dtype=torch.uint8, generator=g)
-    fid.features(metric, imgs[:4])  # warm-up
-    t0 = time.perf_counter()
-    feats = fid.features(metric, imgs)
-    t_feat = time.perf_counter() - t0
-    ref = fid.stats(torch.randn(feats.shape[1] + 64, feats.shape[1], dtype=torch.float64))
-    t0 = time.perf_counter()
-    fid.frechet_distance(*ref, *fid.stats(torch.randn(feats.shape[1] + 64, feats.shape[1], dtype=torch.float64)))
-    t_fd = time.perf_counter() - t0
-    rows.append({"measurement": f"FID features ({cfg.fid_extractor}), {n_fid} images", "seconds": t_feat,
-                 "images_per_s": n_fid / t_feat})
-    rows.append({"measurement": "Frechet distance from (mu, sigma), full rank", "seconds": t_fd, "images_per_s": None})
+    n_fid, t_feat, t_fd, fid_missing = fid_speed(cfg, device, on_cpu, g)
+    if fid_missing is None:
+        rows.append({"measurement": f"FID features ({cfg.fid_extractor}), {n_fid} images", "seconds": t_feat,
+                     "images_per_s": n_fid / t_feat})
+        rows.append({"measurement": "Frechet distance from (mu, sigma), full rank", "seconds": t_fd,
+                     "images_per_s": None})
+    flops = step_flops(m.train(), x[:b].to(device), y[:b].to(device))
+    dev_name = store.device_name(device)
+    peak = peak_tflops(dev_name)
     summary = {"optimized_vs_naive_speedup": t_naive / t_fast,
                "rank1_penalty_overhead": t_r1 / t_fast - 1, "diag_penalty_overhead": t_dg / t_fast - 1,
                "ddim_images_per_s": n_img / t_ddim, "ddim_steps": cfg.ddim_steps,
-               "fid_seconds_per_10k": 10_000 * t_feat / n_fid + t_fd, "fid_extractor": cfg.fid_extractor,
-               "model": cfg.model, "params": n_params(m), "batch_size": b, "device": store.device_name(device)}
+               "fid_seconds_per_10k": None if fid_missing else 10_000 * t_feat / n_fid + t_fd,
+               "fid_extractor": cfg.fid_extractor, "fid_not_measured": fid_missing,
+               "train_flops_per_step": flops, "train_tflops_per_s": flops / t_fast / 1e12,
+               "peak_bf16_tflops": peak, "model_flops_utilisation": peak and flops / t_fast / 1e12 / peak,
+               "model": cfg.model, "params": n_params(m), "batch_size": b, "device": dev_name}
     return rows, summary

@@ -5,26 +5,23 @@ Every penalty is called as `penalty(model) -> scalar` and already includes lam:
     rank-k:  lam/2 sum_k sum_j s_kj (v_kj^T (theta - theta*_k))^2
     diag:    lam/2 sum_k sum_i F_k,i (theta_i - theta*_k,i)^2
 The statistics refer to rank1lib's per-sample loss (per-pixel mean, see diffusion.py).
-Per step the low-rank penalties cost one (K x n_i) @ (n_i,) product per parameter tensor, where
-K is the number of stored directions over all past tasks; u^T theta*_k is precomputed once.
-The whole parameter vector is never concatenated during training.
+Per step a penalty concatenates the parameters once into a flat (P,) float32 vector and does one
+(K x P) @ (P,) product (K: stored directions over all past tasks; u^T theta*_k is precomputed once)
+or one elementwise pass for the diagonal. Looping over the parameter tensors instead costs a few
+small kernels per tensor, which on a GPU made the penalty cost more than the UNet's training step.
 """
 import torch
 
 from . import diffusion, fisher
 
 
-def split_like(flat, params):
-    """A flat (P,) vector -> list of tensors shaped like `params` (views; moved to their device)."""
-    flat = torch.as_tensor(flat)
-    sizes = [p.numel() for p in params]
-    if flat.numel() != sum(sizes):
-        raise ValueError(f"vector of length {flat.numel()} does not match the model's P = {sum(sizes)}")
-    return [v.view_as(p).to(p.device, torch.float32) for v, p in zip(flat.split(sizes), params)]
-
-
 def _params(model):
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def flat_params(params):
+    """The parameter tensors as one flat float32 (P,) vector (differentiable: one copy, one kernel)."""
+    return torch.cat([p.reshape(-1).float() for p in params])
 
 
 def _fp32(params):
@@ -38,7 +35,7 @@ class LowRankPenalty:
     def __init__(self, lam, select=None):
         self.lam = float(lam)
         self.select = select or _params  # model -> the parameter tensors covered, in a fixed order
-        self.rows = None   # per parameter tensor: (K, n_i), all directions of all past tasks
+        self.R = None      # (K, P) float32: all directions of all past tasks, one row each
         self.w = None      # (K,) weights
         self.u_theta_star = None  # (K,) float64, u_kj^T theta*_k
         self.n_tasks = 0
@@ -46,31 +43,33 @@ class LowRankPenalty:
     def add_task(self, model, U, w, theta_star=None):
         """Store task k: U (P, r) directions, w (r,) weights, theta*_k (P,) (default: the model's weights)."""
         params = self.select(model)
+        P = sum(p.numel() for p in params)
         U = torch.as_tensor(U, dtype=torch.float32)
         U = U[:, None] if U.dim() == 1 else U
-        w = torch.as_tensor(w, dtype=torch.float64).reshape(-1).to(params[0].device)
+        if U.shape[0] != P:
+            raise ValueError(f"directions of length {U.shape[0]} do not match the model's P = {P}")
+        dev = params[0].device
+        w = torch.as_tensor(w, dtype=torch.float64).reshape(-1).to(dev)
         if U.shape[1] != len(w):
             raise ValueError(f"{U.shape[1]} directions but {len(w)} weights")
-        cols = [split_like(U[:, j].contiguous(), params) for j in range(U.shape[1])]
-        new = [torch.stack([c[i].reshape(-1) for c in cols]) for i in range(len(params))]
-        ref = params if theta_star is None else split_like(theta_star, params)
+        new = U.T.contiguous().to(dev)
         with torch.no_grad():
-            uts = sum(r.double() @ p.detach().reshape(-1).double() for r, p in zip(new, ref))
-        if self.rows is None:
-            self.rows, self.w, self.u_theta_star = new, w, uts
+            ref = flat_params(params) if theta_star is None else torch.as_tensor(theta_star).reshape(-1).to(dev)
+            uts = new.double() @ ref.double()
+        if self.R is None:
+            self.R, self.w, self.u_theta_star = new, w, uts
         else:
-            self.rows = [torch.cat([a, b]) for a, b in zip(self.rows, new)]
+            self.R = torch.cat([self.R, new])
             self.w = torch.cat([self.w, w])
             self.u_theta_star = torch.cat([self.u_theta_star, uts])
         self.n_tasks += 1
 
     def __call__(self, model):
         params = self.select(model)
-        if self.rows is None or self.lam == 0:
+        if self.R is None or self.lam == 0:
             return params[0].new_zeros(())
         with _fp32(params):
-            proj = torch.stack([r @ p.reshape(-1) for r, p in zip(self.rows, params)]).double().sum(0)
-            d = proj - self.u_theta_star
+            d = (self.R @ flat_params(params)).double() - self.u_theta_star
             return (0.5 * self.lam * (self.w * d.pow(2)).sum()).float()
 
 
@@ -89,22 +88,25 @@ class DiagPenalty:
 
     def __init__(self, lam):
         self.lam = float(lam)
-        self.A, self.tbar, self.C = None, None, 0.0
+        self.A, self.tbar, self.C = None, None, 0.0   # A, tbar: flat (P,) float32
         self.n_tasks = 0
 
     def add_task(self, model, F_diag):
         params = _params(model)
-        F = split_like(F_diag, params)
-        t = [p.detach().clone().float() for p in params]
+        P = sum(p.numel() for p in params)
+        F = torch.as_tensor(F_diag).reshape(-1).to(params[0].device, torch.float32)
+        if F.numel() != P:
+            raise ValueError(f"vector of length {F.numel()} does not match the model's P = {P}")
+        with torch.no_grad():
+            t = flat_params(params).clone()
         if self.A is None:
             self.A, self.tbar = F, t
         else:
-            A2 = [a + f for a, f in zip(self.A, F)]
-            safe = [torch.where(a2 > 0, a2, torch.ones_like(a2)) for a2 in A2]
-            self.C += float(sum((a.double() * f.double() / s.double() * (tb.double() - tt.double()).pow(2)).sum()
-                                for a, f, s, tb, tt in zip(self.A, F, safe, self.tbar, t)))
-            self.tbar = [torch.where(a2 > 0, (a * tb + f * tt) / s, tt)
-                         for a2, a, f, s, tb, tt in zip(A2, self.A, F, safe, self.tbar, t)]
+            A2 = self.A + F
+            safe = torch.where(A2 > 0, A2, torch.ones_like(A2))
+            self.C += float((self.A.double() * F.double() / safe.double()
+                             * (self.tbar.double() - t.double()).pow(2)).sum())
+            self.tbar = torch.where(A2 > 0, (self.A * self.tbar + F * t) / safe, t)
             self.A = A2
         self.n_tasks += 1
 
@@ -113,7 +115,7 @@ class DiagPenalty:
         if self.A is None or self.lam == 0:
             return params[0].new_zeros(())
         with _fp32(params):
-            total = sum((a * (p - tb).pow(2)).sum() for a, p, tb in zip(self.A, params, self.tbar))
+            total = (self.A * (flat_params(params) - self.tbar).pow(2)).sum()
             return 0.5 * self.lam * (total + self.C)
 
 

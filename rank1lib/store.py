@@ -106,7 +106,10 @@ def git_commit() -> str:
 
 
 def device_name(device=None) -> str:
+    """A readable name of `device` (a torch device or device string; a name that is neither is kept)."""
     import torch
+    if isinstance(device, str) and device.split(":")[0] not in ("cpu", "cuda"):
+        return device
     if (device is None and torch.cuda.is_available()) or str(device).startswith("cuda"):
         return torch.cuda.get_device_name()
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

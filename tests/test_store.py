@@ -22,6 +22,14 @@ def test_save_load_provenance_and_hash(tmp_store):
     assert store.config_hash({"b": 1, "a": 2}) == store.config_hash({"a": 2, "b": 1})
 
 
+def test_provenance_keeps_a_device_given_by_name(tmp_store):
+    # benchmarks hand the store the device's name (e.g. measured on a GPU): it must not become "CPU (...)"
+    store.save("ci", "exp", "named", {}, {"x": 1}, device="NVIDIA H200")
+    assert store.load("ci", "exp", "named")["provenance"]["device"] == "NVIDIA H200"
+    assert store.device_name("cpu").startswith("CPU (")
+    assert store.device_name("cpu:0").startswith("CPU (")
+
+
 def test_load_or_compute_computes_once(tmp_store):
     calls = []
 

@@ -89,8 +89,9 @@ def provenance_line(rec) -> str:
     wall = f", {p['wall_s']:.0f} s" if p.get("wall_s") else ""
     threads = f" ({p['threads']} threads)" if p.get("threads") else ""
     data = "; data: " + "; ".join(f"{k} from {v}" for k, v in p["data"].items()) if p.get("data") else ""
+    note = f"; note: {p['note']}" if p.get("note") else ""
     return (f"{rec['experiment']}/{rec['name']} [{rec['profile']}]: computed on {p['device']}{threads}, commit "
-            f"{p['commit']}, {p['date']}{wall}{data}")
+            f"{p['commit']}, {p['date']}{wall}{data}{note}")
 
 
 def _ipc_kernel_manager():

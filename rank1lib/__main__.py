@@ -35,6 +35,11 @@ def cmd_list(_args):
         print("  (none)")
 
 
+# Experiments whose training runs data-parallel under `torchrun` / `accelerate launch` (distributed.py);
+# their statistics and samples are computed on every rank (correct, not yet faster).
+DATA_PARALLEL = ("train", "spectrum", "tweedie")
+
+
 def cmd_run(args):
     store.allow_cli_only(True)
     exps = load_all()
@@ -48,10 +53,14 @@ def cmd_run(args):
     from .train import state_root
     store.check_writable(store.results_root())
     store.check_writable(state_root(cfg))
+    from . import distributed
+    if distributed.active() and args.experiment not in DATA_PARALLEL:
+        raise ConfigError(f"experiment {args.experiment!r} does not run data-parallel yet (only "
+                          f"{', '.join(DATA_PARALLEL)}); run it as one process")
     kw = {"method": args.method} if args.method else {}
     rec = exps[args.experiment](cfg, cfg.dataset, args.seed, **kw)
     recs = rec if isinstance(rec, list) else [rec]
-    for r in recs:
+    for r in recs if distributed.is_main() else ():
         path = store.result_dir(r["profile"], r["experiment"]) / f"{r['name']}.json"
         print(f"{r['experiment']}/{r['name']}: {path} ({r['provenance']['device']}, "
               f"{r['provenance']['wall_s'] or 0:.1f} s)")

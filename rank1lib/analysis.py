@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, diffusion, fisher, store, vae
+from . import data, diffusion, distributed, fisher, store, vae
 from .models import build_unet, n_params
 from .profiles import Config, set_args
 from .registry import experiment
@@ -77,7 +77,6 @@ def _seed_from_shorter_run(ckpt, conf):
 def analysis_net(cfg, name, seed, arch, max_steps=None, progress=True):
     """The analysis UNet `arch` trained on `name` with the analysis budget (resumable checkpoint;
     log-spaced weight snapshots for the trajectory chapter). One process at a time per run (lock)."""
-    from filelock import FileLock
     acfg, ckpt = analysis_dir(cfg, name, seed, arch, max_steps)
     x, y = analysis_data(cfg, name)
     spec = data.SPECS[name]
@@ -85,12 +84,14 @@ def analysis_net(cfg, name, seed, arch, max_steps=None, progress=True):
     net = build_unet(arch, spec.num_classes, spec.channels)
     steps = steps_for(acfg, len(x))
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(ckpt) + ".lock"):
+    with distributed.run_lock(str(ckpt) + ".lock"):
         conf = {k: acfg[k] for k in ("epochs", "max_steps", "batch_size", "lr", "train_per_class", "amp")}
-        _seed_from_shorter_run(ckpt, conf)
-        ckpt.mkdir(parents=True, exist_ok=True)
-        if not (ckpt / "run.json").exists():
-            store.atomic_write(ckpt / "run.json", lambda p: Path(p).write_text(json.dumps(conf)))
+        if distributed.is_main():
+            _seed_from_shorter_run(ckpt, conf)
+            ckpt.mkdir(parents=True, exist_ok=True)
+            if not (ckpt / "run.json").exists():
+                store.atomic_write(ckpt / "run.json", lambda p: Path(p).write_text(json.dumps(conf)))
+        distributed.barrier()
         out = train(net, x, y, acfg, steps=steps, seed=seed, ckpt_dir=ckpt,
                     desc=f"train {arch} on {name}", progress=progress, device=pick_device(),
                     snapshot_dir=ckpt / "snapshots", snapshot_at=snapshot_steps(steps))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import ewc
+from . import distributed, ewc
 
 __all__ = ["TaskStats", "task_statistics", "Rank1EWC", "per_sample_gradients", "diagonal_fisher", "rank_k_fisher"]
 
@@ -95,7 +95,8 @@ def task_statistics(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.
 
     `per_sample_loss(model, batch)` returns one loss per sample, shape (n,); `batches` is a list (or
     anything iterable twice) of batches drawn the way training draws them. The diagonal needs one
-    backward per sample and is much slower than mu and c*."""
+    backward per sample and is much slower than mu and c*. Under a multi-process launcher each rank
+    takes every W-th batch and the sums are all-reduced: every rank gets the statistics of all batches."""
     from .fisher import full_precision
     with _plain_attention(model), full_precision():  # no TF32 on a GPU: exact float32 statistics
         return _task_statistics(model, per_sample_loss, batches, names, diag, progress)
@@ -103,7 +104,7 @@ def task_statistics(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.
 
 def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
     names, params = _selected(model, names)
-    batches = list(batches)
+    batches = distributed.mine(batches)
     mu = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     n = 0
     bar = tqdm(total=2 * len(batches), desc="task statistics", disable=not progress, leave=False)
@@ -115,7 +116,8 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
             m += g.double()
         n += len(losses)
         bar.update()
-    mu = [m / n for m in mu]
+    n = int(distributed.all_sum(torch.tensor([n], dtype=torch.float64, device=params[0].device)).item())
+    mu = [distributed.all_sum(m) / n for m in mu]
     mu32 = [m.to(p.dtype) for m, p in zip(mu, params)]
     dots, d2 = [], None
     for batch in batches:  # pass 2: mu^T g_i = (J mu)_i, by differentiating u -> (J^T u) . mu
@@ -129,7 +131,12 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
         bar.update()
     bar.close()
     mu_flat = torch.cat([m.reshape(-1) for m in mu])
-    c_star = float(torch.cat(dots).pow(2).mean() / mu_flat.dot(mu_flat).pow(2))
+    sq_dots = distributed.all_sum(sum(d.pow(2).sum() for d in dots) + torch.zeros((), dtype=torch.float64,
+                                                                                 device=mu_flat.device))
+    if diag:
+        d2 = distributed.all_sum(d2 if d2 is not None else torch.zeros(mu_flat.numel(), dtype=torch.float64,
+                                                                       device=mu_flat.device))
+    c_star = float(sq_dots / n / mu_flat.dot(mu_flat).pow(2))
     theta = torch.cat([p.detach().reshape(-1).double() for p in params])
     return TaskStats(mu=mu_flat.float().cpu(), c_star=c_star, theta_star=theta.float().cpu(), names=names,
                      shapes=[list(p.shape) for p in params], n_samples=n,
@@ -168,15 +175,19 @@ def per_sample_gradients(model: torch.nn.Module, per_sample_loss: Callable[[torc
 
 def diagonal_fisher(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.Module, Any], torch.Tensor],
                     batches: Iterable, names: Sequence[str] | None = None) -> torch.Tensor:
-    """Diagonal empirical Fisher E[g^2] (P,) float32 over every sample of `batches` (diagonal EWC)."""
+    """Diagonal empirical Fisher E[g^2] (P,) float32 over every sample of `batches` (diagonal EWC);
+    split over ranks and all-reduced under a multi-process launcher."""
     from .fisher import full_precision
-    d2, n = None, 0
+    P = sum(p.numel() for p in _selected(model, names)[1])
+    device = next(_unwrap(model).parameters()).device
+    d2 = torch.zeros(P, dtype=torch.float64, device=device)
+    n = torch.zeros((), dtype=torch.float64, device=device)
     with full_precision():
-        for batch in batches:
+        for batch in distributed.mine(batches):
             G = per_sample_gradients(model, per_sample_loss, batch, names).double()
-            d2 = G.pow(2).sum(0) if d2 is None else d2 + G.pow(2).sum(0)
+            d2 += G.pow(2).sum(0)
             n += len(G)
-    return (d2 / n).float().cpu()
+    return (distributed.all_sum(d2) / distributed.all_sum(n)).float().cpu()
 
 
 def _fisher_times(model, per_sample_loss, batches, V, names):

@@ -127,7 +127,8 @@ def provenance(device=None, wall_s=None) -> dict:
     data_mod = sys.modules.get("rank1lib.data")  # the datasets this process read, and from where
     return {"commit": git_commit(), "versions": versions, "device": device_name(device),
             "data": dict(data_mod.LOADED) if data_mod else {},
-            "threads": torch.get_num_threads(), "load_avg": round(os.getloadavg()[0], 2),
+            "threads": torch.get_num_threads(), "processes": int(os.environ.get("WORLD_SIZE", "1")),
+            "load_avg": round(os.getloadavg()[0], 2),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "wall_s": wall_s}
 
@@ -297,5 +298,8 @@ def load_or_compute(profile, experiment, name, config, compute, heavy=False, com
     out = compute()
     values, arrays = out[0], out[1]
     device = out[2] if len(out) > 2 else None
-    save(profile, experiment, name, config, values, arrays, device=device, wall_s=time.time() - t0)
+    from . import distributed
+    if distributed.is_main():  # one writer in a multi-process run; the others read what it wrote
+        save(profile, experiment, name, config, values, arrays, device=device, wall_s=time.time() - t0)
+    distributed.barrier()
     return load(profile, experiment, name)

@@ -2,7 +2,8 @@
 
 Every optimiser step s re-seeds torch's global RNG from (seed, s), and epoch e shuffles with a
 generator seeded from (seed, e). The batch, t, noise and dropout of step s therefore do not depend
-on whether the run was interrupted, and a resumed run ends with the same weights.
+on whether the run was interrupted, and a resumed run ends with the same weights. Under a launcher
+(`accelerate launch`, `torchrun`) the same loop is data-parallel: see distributed.py.
 """
 import math
 import os
@@ -16,7 +17,8 @@ import torch
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
-from .diffusion import alpha_bar, loss_simple, to_model_range
+from . import distributed
+from .diffusion import T, alpha_bar, loss_simple, to_model_range
 from .store import HOME, results_root
 
 
@@ -62,8 +64,8 @@ def deadline():
 
 
 def pick_device(device=None) -> torch.device:
-    """Explicit device, else CUDA when available, else CPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """Explicit device, else this rank's GPU in a multi-process run, else CUDA when available, else CPU."""
+    return torch.device(device or distributed.local_device() or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def switch(value, device) -> bool:
@@ -141,7 +143,8 @@ def load_checkpoint(model, opt, ckpt_dir: Path):
     """
     from .store import clean_stale_tmp, set_aside
     ckpt_dir = Path(ckpt_dir)
-    clean_stale_tmp(ckpt_dir)
+    if distributed.is_main():  # in a multi-process run only rank 0 changes files
+        clean_stale_tmp(ckpt_dir)
     device = next(model.parameters()).device
     candidates = [ckpt_dir / "last"] + sorted(ckpt_dir.glob(".old-*/last"), reverse=True)
     for d in candidates:
@@ -150,7 +153,8 @@ def load_checkpoint(model, opt, ckpt_dir: Path):
         try:
             loaded, state = _read_checkpoint(d, device)
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is set aside
-            set_aside(d, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            if distributed.is_main():
+                set_aside(d, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             continue
         model.load_state_dict(loaded.state_dict())
         if opt is not None:
@@ -197,25 +201,35 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
     snapshot_at: optimiser steps (0 = initialisation) whose weights go to snapshot_dir.
     A NaN/inf loss stops the run with NonFiniteLoss (the checkpoint keeps the last good state).
     Returns {"losses", "steps", "images_per_s", "train_seconds"}.
+    Data-parallel under a launcher: each rank trains on its share of the global batch (the batch size
+    must divide by the number of processes); the losses are the global batch's; rank 0 writes files.
     """
     device = pick_device(device)
+    distributed.init(device)
+    main = distributed.is_main()
     model.to(device).train()
     x, y = x.to(device), y.to(device)
     ab = alpha_bar(device)
     opt = make_adam(model, cfg, device)
     start, losses, seconds = load_checkpoint(model, opt, ckpt_dir) if ckpt_dir else (0, [], 0.0)
     snapshot_at = set(snapshot_at) if snapshot_dir else set()
-    if start == 0 and 0 in snapshot_at:
+    if start == 0 and 0 in snapshot_at and main:
         save_snapshot(model, 0, snapshot_dir)
     if start >= steps:
         return {"losses": losses, "steps": steps, "images_per_s": None, "train_seconds": seconds}
     amp = switch(cfg.amp, device)
-    fwd = torch.compile(model) if switch(cfg.compile, device) else model
+    compile_ = switch(cfg.compile, device)
+    extra = torch.compile(model) if compile_ else model   # extra_loss sees the plain (compiled) model
+    fwd = extra
+    if distributed.active():  # DDP averages the gradients of the ranks' shares
+        ddp = distributed.wrap(model, device)
+        fwd = torch.compile(ddp) if compile_ else ddp
     n, b = len(x), min(cfg.batch_size, len(x))
+    part = distributed.shard(b, "batch size")
     per_epoch = max(1, n // b)
     perm, perm_epoch = None, -1
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, disable=not progress,
-               leave=False, dynamic_ncols=True)
+               leave=False, dynamic_ncols=True) if main else range(start, steps)
     t0, done = time.time(), 0
     step = start
     stop_at = deadline()
@@ -229,11 +243,15 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
                     perm, perm_epoch = torch.randperm(n, generator=g).to(device), epoch
                 torch.manual_seed(seed * 7_919 + step * 104_729 + 1)
                 idx = perm[(step % per_epoch) * b:(step % per_epoch + 1) * b]
+                # t and noise of the whole global batch (the draws loss_simple would make), then this rank's share
+                t = torch.randint(0, T, (len(idx),), device=device)
+                eps = torch.randn((len(idx), *x.shape[1:]), device=device)
+                idx, t, eps = idx[part], t[part], eps[part]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = loss_simple(fwd, to_model_range(x[idx]), y[idx], ab)
+                    loss = loss_simple(fwd, to_model_range(x[idx]), y[idx], ab, t=t, eps=eps)
                     if extra_loss is not None:
-                        loss = loss + extra_loss(fwd, step)
-                value = float(loss.detach())
+                        loss = loss + extra_loss(extra, step)
+                value = float(distributed.all_sum(loss.detach().float().clone())) / distributed.world_size()
                 if not math.isfinite(value):
                     last = next((f"{v:.4g}" for v in reversed(losses)), "none")
                     raise NonFiniteLoss(f"{desc}: non-finite loss {value} at step {step} (last finite loss {last}); "
@@ -244,23 +262,24 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
                 opt.step()
                 losses.append(value)
                 done += 1
-                if progress and (step % 10 == 0 or step == steps - 1):
+                if progress and main and (step % 10 == 0 or step == steps - 1):
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{done * b / (time.time() - t0):.0f}")
-                if step + 1 in snapshot_at:
+                if step + 1 in snapshot_at and main:
                     save_snapshot(model, step + 1, snapshot_dir, seconds + time.time() - t0)
-                if ckpt_dir and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
+                if ckpt_dir and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and main:
                     save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
-                if stop_at is not None and time.time() > stop_at and step + 1 < steps:
-                    if ckpt_dir:
+                late = stop_at is not None and time.time() > stop_at and step + 1 < steps
+                if distributed.any_rank(late, device):
+                    if ckpt_dir and main:
                         save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
                     raise DeadlineReached(f"{desc}: deadline reached at step {step + 1}/{steps}; checkpoint saved, "
                                           f"rerun to continue")
                 if stop_after is not None and step + 1 - start >= stop_after:
-                    if ckpt_dir:
+                    if ckpt_dir and main:
                         save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
                     return {"losses": losses, "steps": step + 1, "images_per_s": None, "interrupted": True}
-                if stop.signum is not None:  # Ctrl-C or SIGTERM: end on a complete step, with a checkpoint
-                    if ckpt_dir:
+                if distributed.any_rank(stop.signum is not None, device):  # Ctrl-C or SIGTERM: end on a
+                    if ckpt_dir and main:                                    # complete step, with a checkpoint
                         save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -269,8 +288,9 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
                   f"checkpoint in {ckpt_dir}", file=sys.stderr)
         raise
     elapsed = time.time() - t0
-    if ckpt_dir:
+    if ckpt_dir and main:
         save_checkpoint(model, opt, steps, losses, Path(ckpt_dir), seconds + elapsed)
+    distributed.barrier()
     return {"losses": losses, "steps": steps, "images_per_s": done * b / elapsed if elapsed > 0 else None,
             "train_seconds": seconds + elapsed}
 

@@ -91,7 +91,8 @@ def cmd_bench(args):
 def cmd_campaign(args):
     from .campaign import campaign
     store.allow_cli_only(True)
-    return campaign(args.profile, hours=args.hours, jobs=args.jobs, threads=args.worker_threads,
+    hours = args.minutes / 60 if args.minutes is not None else args.hours
+    return campaign(args.profile, hours=hours, jobs=args.jobs, threads=args.worker_threads,
                     dry_run=args.dry_run, only=args.only, devices=args.devices)
 
 
@@ -157,7 +158,10 @@ def parser():
     k.add_argument("--json", action="store_true")
     c = sub.add_parser("campaign", help="build a profile's committed tier, resumably, within a time budget")
     c.add_argument("--profile", default="cpu")
-    c.add_argument("--hours", type=float, default=1.0, help="stop cleanly (checkpoints) after this long")
+    when = c.add_mutually_exclusive_group()
+    when.add_argument("--hours", type=float, default=1.0, help="stop cleanly (checkpoints) after this long")
+    when.add_argument("--minutes", type=float, help="the same in minutes (e.g. 9 for one short GPU call); "
+                      "items whose measured time does not fit are not started")
     c.add_argument("--jobs", type=int, default=2, help="items run at once (2 x 1 thread measured fastest on 2 cores)")
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per item process")
     c.add_argument("--dry-run", action="store_true", help="only list the items with status and estimates")

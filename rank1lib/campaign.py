@@ -65,6 +65,7 @@ class Item:
     spectra_t: int = 0  # number of (timestep, snapshot) spectra the item computes
     steps: int = 0      # optimiser steps of an item without a resumable analysis run (estimates only)
     blocked: str = ""   # why the item may not run yet (shown by the status; never started)
+    minutes: float = 0  # measured wall minutes on the tier's device, where known (estimates; fits-in check)
 
 
 def fisher_items(cfg) -> list:
@@ -156,9 +157,29 @@ def table1_items(cfg) -> list:
     return out
 
 
+def gpu_items(cfg) -> list:
+    """The gpu tier in short steps (issue 11): each item is one command that fits a ~9-minute call on one
+    H100/H200 and stores a committed result; nothing needs FID (the Inception weights may be absent).
+    The 35.7M UNet's Fisher spectrum (N = cl_fisher_samples per t) after 200 epochs on 5,000 images:
+    measured 5 min on an H200 (2026-11-26), training included."""
+    cl = {"analysis_model": "cl", "analysis_epochs": 200}
+    fm = dict(cl, train_per_class=500)
+    spec = lambda ds, seed, sets: [Cmd("spectrum", ds, seed, sets)]  # noqa: E731
+    return [Item("cl-mnist-5k-s0", "35.7M UNet spectrum, mnist-5k, 200 epochs, seed 0 (chapter 3)",
+                 spec("mnist-5k", 0, cl), None, "mnist-5k", 0, cl, minutes=5),
+            Item("cl-fmnist-s0", "35.7M UNet spectrum, Fashion-MNIST 500 per class, 200 epochs, seed 0",
+                 spec("fmnist", 0, fm), None, "fmnist", 0, fm, minutes=5),
+            Item("cl-mnist-5k-s1", "35.7M UNet spectrum, mnist-5k, seed 1 (error bars)",
+                 spec("mnist-5k", 1, cl), None, "mnist-5k", 1, cl, minutes=5),
+            Item("cl-mnist-5k-s2", "35.7M UNet spectrum, mnist-5k, seed 2 (error bars)",
+                 spec("mnist-5k", 2, cl), None, "mnist-5k", 2, cl, minutes=5)]
+
+
 def all_items(cfg) -> list:
     """Every item of the profile's tier in campaign order: the Fisher chapters' items in progress,
-    the network study, then the remaining Fisher items and Table 1."""
+    the network study, then the remaining Fisher items and Table 1 (the gpu tier: gpu_items)."""
+    if cfg.name == "gpu":
+        return gpu_items(cfg)
     fisher = fisher_items(cfg)
     first = [i for i in fisher if i.key not in ("base-s1", "base-s2", "base-s0-x4")]
     rest = [i for i in fisher if i not in first]
@@ -198,7 +219,9 @@ def item_status(cfg, item) -> dict:
         out.update(step=info[0], steps=steps)
         per = info[1] / info[0] if info[0] else SEC_PER_STEP_1T.get(item.arch, 1.5)
         eta += max(steps - info[0], 0) * per
-    if missing:
+    if missing and item.minutes:
+        eta = item.minutes * 60
+    elif missing:
         eta += item.spectra_t * SEC_PER_SPECTRUM_T_1T + 120
         eta += item.steps * SEC_PER_STEP_1T.get(item.sets.get("model", cfg.model), 1.5)
     out["eta_s"] = eta if missing else 0.0
@@ -218,13 +241,15 @@ def print_status(cfg, items, statuses):
     w = max(len(it.key) for it in items)
     for i, (it, st) in enumerate(zip(items, statuses), 1):
         prog = f" step {st['step']}/{st['steps']}," if st["steps"] and st["state"] != "done" else ""
-        eta = f" about {_fmt_s(st['eta_s'])} left at one thread" if st["state"] != "done" else ""
+        unit = "on the tier's device (measured)" if it.minutes else "at one thread"
+        eta = f" about {_fmt_s(st['eta_s'])} left {unit}" if st["state"] != "done" else ""
         miss = f" [missing: {', '.join(st['missing'])}]" if st["missing"] else ""
         miss += f" [blocked: {it.blocked}]" if st["state"] == "blocked" else ""
         print(f"  {i:>2}. {it.key:<{w}} {st['state']:<8}{prog}{eta}{miss}  {it.title}")
     left = sum(s["eta_s"] for s in statuses if s["state"] != "blocked")
     blocked = sum(s["eta_s"] for s in statuses if s["state"] == "blocked")
-    print(f"  total left: about {_fmt_s(left)} of one-thread work"
+    unit = "on the tier's device" if all(it.minutes for it in items) else "of one-thread work"
+    print(f"  total left: about {_fmt_s(left)} {unit}"
           + (f" (+ about {_fmt_s(blocked)} blocked, at the profile's current settings)" if blocked else ""))
 
 
@@ -322,6 +347,10 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
     def worker(w):
         while queue and time.time() < deadline - 60 and not _STOP.is_set():
             item = queue.pop(0)
+            if item.minutes and time.time() + item.minutes * 60 > deadline:
+                print(f"[w{w}] {item.key}: takes about {item.minutes:g} min, more than is left; not started",
+                      flush=True)
+                continue
             lock = FileLock(str(store.results_root() / cfg.name / f"item-{item.key}.lock"))
             try:
                 lock.acquire(timeout=0)

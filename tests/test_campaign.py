@@ -218,3 +218,33 @@ def test_table1_items_wait_for_the_network_study_and_its_choice(tmp_store, monke
     monkeypatch.setattr(study, "sweep", lambda cfg, ds="mnist-5k", seed=0: swept)
     assert "chose lam=340000" in campaign.table1_items(ok)[12].blocked
     assert not any(i.blocked for i in campaign.table1_items(load_profile("ci", model="base", epochs=3, lam=340000.0)))
+
+
+def test_gpu_tier_runs_in_short_steps_and_skips_what_does_not_fit(tmp_store, monkeypatch, capsys):
+    """`campaign --profile gpu --minutes M`: an item whose measured time exceeds M is not started; one
+    that fits is run (its command recorded here, not executed: no GPU in the tests)."""
+    from rank1lib import campaign
+    cfg = load_profile("gpu")
+    items = campaign.all_items(cfg)
+    assert items and all(i.minutes and len(i.cmds) == 1 for i in items)
+    assert all(c.sets.get("analysis_model") == "cl" for i in items for c in i.cmds)
+    started = []
+    real_popen = campaign.subprocess.Popen
+
+    class FakeProc:
+        returncode = 0
+
+        def poll(self):
+            return 0
+
+    def popen(argv, **kw):
+        if "rank1lib" not in argv:
+            return real_popen(argv, **kw)
+        started.append(argv)
+        return FakeProc()
+    monkeypatch.setattr(campaign.subprocess, "Popen", popen)
+    assert campaign.campaign("gpu", hours=4 / 60, jobs=1, only=["cl-mnist-5k-s1"], log_dir=tmp_store / "l") == 0
+    assert started == [] and "more than is left; not started" in capsys.readouterr().out
+    assert campaign.campaign("gpu", hours=7 / 60, jobs=1, only=["cl-mnist-5k-s1"], log_dir=tmp_store / "l") == 0
+    assert len(started) == 1 and started[0][started[0].index("run"):started[0].index("run") + 2] == ["run", "spectrum"]
+    assert "analysis_model=cl" in started[0] and "--seed" in started[0] and "1" in started[0]

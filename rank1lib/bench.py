@@ -134,6 +134,23 @@ def conditions_line(summary) -> str:
             f"on {a['cpu_count']} cores; CPU flags {' '.join(a['cpu_flags']) or '-'}")
 
 
+def rows_table(rows):
+    """A benchmark's rows for the page: indexed by their first column, numbers to 3 significant digits,
+    missing values as '-'."""
+    import math
+
+    import pandas as pd
+
+    def fmt(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return "-" if v is None else v
+        if math.isnan(v):
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    df = pd.DataFrame(rows)
+    return df.set_index(df.columns[0]).map(fmt)
+
+
 def goal_table(items, overheads=()):
     """Rows (measure, ours, goal, goal met?) for a summary; items are (measure, value, op, target).
 
@@ -149,7 +166,7 @@ def goal_table(items, overheads=()):
             ours = f"{value:.3g}"
             if measure in overheads and value < 0:
                 ours += " (negative: noise, i.e. about 0)"
-            met = "-" if op is None else ("yes" if ops[op](value, target) else "**no**")
+            met = "-" if op is None else ("yes" if ops[op](value, target) else "NO")
         rows.append({"measure": measure, "ours": ours, "goal": "" if op is None else f"{op} {target:g}",
                      "goal met?": met})
     return rows

@@ -43,6 +43,12 @@ def _show(markdown, plain):
         print(plain)
 
 
+def say(*parts):
+    """A line of results as a wrapped paragraph (print's arguments; never a side-scrolling output box)."""
+    text = " ".join(str(p) for p in parts)
+    _show(text, text)
+
+
 def note(text, kind="note"):
     """A highlighted note on the page (a Markdown quote block; plain text outside a notebook)."""
     _show("> " + ("⚠ " if kind == "warning" else "") + text, f"{kind}: {text}")

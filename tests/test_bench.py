@@ -1,0 +1,37 @@
+"""How benchmark results are shown (chapter 7): formatting and goal checks, against hand-written values."""
+import math
+
+from rank1lib import bench
+from rank1lib.bench_train import peak_tflops, step_flops
+
+
+def test_rows_table_formats_numbers_and_missing_values():
+    t = bench.rows_table([{"measurement": "step", "seconds": 0.123456, "images_per_s": 1320.35},
+                          {"measurement": "distance", "seconds": 1.3e-15, "images_per_s": None},
+                          {"measurement": "nan", "seconds": math.nan, "images_per_s": 2.0, "setting": "x"}])
+    assert list(t.index) == ["step", "distance", "nan"]
+    assert t.loc["step", "seconds"] == "0.123" and t.loc["step", "images_per_s"] == "1,320"
+    assert t.loc["distance", "seconds"] == "1.3e-15" and t.loc["distance", "images_per_s"] == "-"
+    assert t.loc["nan", "seconds"] == "-" and t.loc["step", "setting"] == "-" and t.loc["nan", "setting"] == "x"
+
+
+def test_goal_table_marks_misses_and_negative_overheads():
+    rows = bench.goal_table([("speed-up", 1.89, ">=", 5), ("error", 1e-6, "<=", 1e-5), ("overhead", -0.07, "<=", 0.02),
+                             ("rate", None, None, None)], overheads=("overhead",))
+    by = {r["measure"]: r for r in rows}
+    assert by["speed-up"]["goal met?"] == "NO" and by["error"]["goal met?"] == "yes"
+    assert "noise" in by["overhead"]["ours"] and by["rate"]["ours"] == "not measured"
+
+
+def test_step_flops_scale_with_batch_and_peak_lookup():
+    import torch
+    from rank1lib.models import build_unet
+    torch.manual_seed(0)
+    m = build_unet("tiny", 10, 1)
+    x = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([1, 2])
+    one, two = step_flops(m, x, y), step_flops(m, torch.cat([x, x]), torch.cat([y, y]))
+    assert one > 0 and two == 2 * one  # FLOPs of a forward + backward are linear in the batch
+    assert all(p.grad is None for p in m.parameters())  # counting leaves no gradients behind
+    assert peak_tflops("NVIDIA H200") == peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert peak_tflops("CPU (x86_64, 2 cores)") is None

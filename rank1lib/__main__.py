@@ -36,8 +36,8 @@ def cmd_list(_args):
 
 
 # Experiments whose training runs data-parallel under `torchrun` / `accelerate launch` (distributed.py);
-# their statistics and samples are computed on every rank (correct, not yet faster).
-DATA_PARALLEL = ("train", "spectrum", "tweedie")
+# mu, c*, the diagonal Fisher and DDIM samples are split over the ranks; the rest runs whole on every rank.
+DATA_PARALLEL = ("train", "spectrum", "tweedie", "continual")
 
 
 def cmd_run(args):

@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from . import consolidate, data, ewc, fid, fisher, replay, store
+from . import consolidate, data, distributed, ewc, fid, fisher, replay, store
 from .diffusion import ddim_sample
 from .models import build_unet, n_params
 from .train import ckpt_root, pick_device, state_root, steps_for, switch, train
@@ -63,7 +63,7 @@ def prune(cfg, dataset, method, seed):
     import shutil
     root = run_root(cfg, dataset, seed)
     dirs = [root / "joint"] if method == "joint" else [root / lineage(cfg, method, 1)]
-    for d in dirs:
+    for d in dirs if distributed.is_main() else ():
         if d.exists():
             with FileLock(str(d) + ".lock"):
                 shutil.rmtree(d)
@@ -97,14 +97,20 @@ def _load(path, as_json):
 
 def cached(path, compute, as_json=False):
     """Load path if present and readable, else compute(), save atomically and return it. An
-    unreadable file is moved aside (one line on stderr) and recomputed."""
+    unreadable file is moved aside (one line on stderr) and recomputed. In a multi-process run all
+    ranks compute when any rank lacks the file (compute() may be collective); rank 0 writes it."""
+    obj, found = None, False
     if path.exists():
         try:
-            return _load(path, as_json)
+            obj, found = _load(path, as_json), True
         except Exception as e:  # noqa: BLE001 - truncated or foreign file: recompute
-            store.set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            if distributed.is_main():
+                store.set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if not distributed.any_rank(not found):
+        return obj
     obj = compute()
-    (_save_json if as_json else _save_pt)(obj, path)
+    if distributed.is_main():
+        (_save_json if as_json else _save_pt)(obj, path)
     return obj
 
 
@@ -260,7 +266,8 @@ def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, prog
     tail = out["losses"][-max(1, steps // 5):]
     info = {"steps": steps, "seconds": time.time() - t0, "n_train": len(x),
             "final_loss": float(np.mean(tail)) if tail else None}
-    _save_json(info, info_file)
+    if distributed.is_main():
+        _save_json(info, info_file)
     return info
 
 
@@ -284,7 +291,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
         d = root / "joint"
         stop = stop_at[1] if stop_at else None
         d.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(d) + ".lock"):
+        with distributed.run_lock(str(d) + ".lock"):
             inf = train_task(net, x, y, cfg, d, seed, 99, None, f"joint ({T} tasks at once)", stop, device, progress)
             if inf is None:
                 return None
@@ -299,7 +306,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
     for k in tqdm(range(T), desc=f"{method} on {dataset} (seed {seed})", disable=not progress, leave=False):
         d = root / lineage(cfg, method, k) / f"task{k + 1}"
         d.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(d) + ".lock"):  # concurrent methods share task 1 (lineage 'shared') safely
+        with distributed.run_lock(str(d) + ".lock"):  # concurrent methods share task 1 (lineage 'shared')
             x, y = data.task_data(ds, k, "train", per_class=per)
             stop = stop_at[1] if stop_at and stop_at[0] == k else None
             inf = train_task(net, x, y, cfg, d, seed, k, combine(pen, distill),

@@ -73,7 +73,10 @@ def tweedie_x0(x_t, eps_hat, t, ab):
 @torch.no_grad()
 def ddim_sample(model, labels, steps=50, seed=0, batch_size=256, channels=None, progress=True,
                 amp=False):
-    """Class-conditional DDIM sampling (Song et al. 2021, eta = 0) to uint8 images (N, C, 32, 32)."""
+    """Class-conditional DDIM sampling (Song et al. 2021, eta = 0) to uint8 images (N, C, 32, 32).
+    Batch b starts from noise seeded by (seed, b); in a multi-process run each rank samples every W-th
+    batch and the batches are gathered, so every rank returns the images one process would."""
+    from . import distributed
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long)
     c = channels or model.config.in_channels
@@ -83,9 +86,9 @@ def ddim_sample(model, labels, steps=50, seed=0, batch_size=256, channels=None, 
     sched.set_timesteps(steps)
     was_training = model.training
     model.eval()
-    out = []
+    out = {}
     n_batches = math.ceil(len(labels) / batch_size)
-    for b in tqdm(range(n_batches), desc="DDIM", disable=not progress, leave=False):
+    for b in tqdm(distributed.mine(range(n_batches)), desc="DDIM", disable=not progress, leave=False):
         y = labels[b * batch_size:(b + 1) * batch_size].to(device)
         g = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + b)
         x = torch.randn((len(y), c, size, size), generator=g).to(device)
@@ -94,6 +97,8 @@ def ddim_sample(model, labels, steps=50, seed=0, batch_size=256, channels=None, 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 e = eps_theta(model, x, tt, y)
             x = sched.step(e.float(), t, x, eta=0.0).prev_sample
-        out.append(to_uint8(x).cpu())
+        out[b] = to_uint8(x).cpu()
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros((0, c, size, size), dtype=torch.uint8)
+    if distributed.active():
+        out = {b: im for part in distributed.gather(out) for b, im in part.items()}
+    return torch.cat([out[b] for b in range(n_batches)]) if out else torch.zeros((0, c, size, size), dtype=torch.uint8)

@@ -62,11 +62,22 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool, device) -> bool:
-    """True if `flag` is true on any rank (so that all ranks stop at the same step)."""
+def any_rank(flag: bool, device=None) -> bool:
+    """True if `flag` is true on any rank (so that all ranks take the same branch)."""
     if not active():
         return flag
+    device = device or local_device() or "cpu"
     return bool(all_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
+def gather(obj) -> list:
+    """Every rank's `obj` (any picklable object), in rank order, on every rank; [obj] in one process."""
+    if not active():
+        return [obj]
+    init()
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def shard(n: int, what="batch") -> slice:

@@ -151,6 +151,11 @@ def rows_table(rows):
     return df.set_index(df.columns[0]).map(fmt)
 
 
+def overhead_text(x) -> str:
+    """A penalty's overhead as a share of the step; negative means noise (a penalty cannot speed a step up)."""
+    return f"{100 * x:+.0f}% of a step" if x >= 0 else f"about 0 (measured {100 * x:+.0f}%: noise)"
+
+
 def goal_table(items, overheads=()):
     """Rows (measure, ours, goal, goal met?) for a summary; items are (measure, value, op, target).
 

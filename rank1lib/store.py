@@ -124,10 +124,12 @@ def provenance(device=None, wall_s=None) -> dict:
         except metadata.PackageNotFoundError:
             versions[p] = None
     import torch
+
+    from . import distributed
     data_mod = sys.modules.get("rank1lib.data")  # the datasets this process read, and from where
     return {"commit": git_commit(), "versions": versions, "device": device_name(device),
             "data": dict(data_mod.LOADED) if data_mod else {},
-            "threads": torch.get_num_threads(), "processes": int(os.environ.get("WORLD_SIZE", "1")),
+            "threads": torch.get_num_threads(), "processes": distributed.world_size(),
             "load_avg": round(os.getloadavg()[0], 2),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "wall_s": wall_s}

@@ -21,6 +21,8 @@ def test_goal_table_marks_misses_and_negative_overheads():
     by = {r["measure"]: r for r in rows}
     assert by["speed-up"]["goal met?"] == "NO" and by["error"]["goal met?"] == "yes"
     assert "noise" in by["overhead"]["ours"] and by["rate"]["ours"] == "not measured"
+    assert bench.overhead_text(0.089) == "+9% of a step"
+    assert bench.overhead_text(-0.07) == "about 0 (measured -7%: noise)"
 
 
 def test_step_flops_scale_with_batch_and_peak_lookup():

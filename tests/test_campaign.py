@@ -165,10 +165,10 @@ def test_longer_run_continues_a_shorter_one_exactly(tmp_store, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(seeded.state_dict().values(), scratch.state_dict().values()))
 
 
-def test_devices_give_one_worker_per_gpu_each_item_on_its_own(tmp_store, monkeypatch):
-    """`campaign --devices 0,1`: two workers, and every child process of an item sees only its GPU."""
+def record_item_commands(monkeypatch, on_item):
+    """Item commands go to on_item(argv, kw) instead of running (it returns nothing); anything else
+    the campaign starts (git) runs."""
     from rank1lib import campaign
-    seen = []
     real_popen = campaign.subprocess.Popen
 
     class FakeProc:
@@ -177,13 +177,23 @@ def test_devices_give_one_worker_per_gpu_each_item_on_its_own(tmp_store, monkeyp
         def poll(self):
             return 0
 
-    def popen(argv, **kw):  # item commands are recorded, not run; anything else (git) runs
+    def popen(argv, **kw):
         if "rank1lib" not in argv:
             return real_popen(argv, **kw)
-        seen.append((argv[argv.index("run") + 1], kw["env"].get("CUDA_VISIBLE_DEVICES")))
-        time.sleep(1.5)  # keep this worker busy so that the other one takes the next item
+        on_item(argv, kw)
         return FakeProc()
     monkeypatch.setattr(campaign.subprocess, "Popen", popen)
+
+
+def test_devices_give_one_worker_per_gpu_each_item_on_its_own(tmp_store, monkeypatch):
+    """`campaign --devices 0,1`: two workers, and every child process of an item sees only its GPU."""
+    from rank1lib import campaign
+    seen = []
+
+    def on_item(argv, kw):
+        seen.append((argv[argv.index("run") + 1], kw["env"].get("CUDA_VISIBLE_DEVICES")))
+        time.sleep(1.5)  # keep this worker busy so that the other one takes the next item
+    record_item_commands(monkeypatch, on_item)
     assert campaign.campaign("ci", hours=0.2, only=["vae", "init-spread"], log_dir=tmp_store / "logs",
                              devices=["0", "1"]) == 0
     assert sorted(d for _, d in seen) == ["0", "1"] and sorted(e for e, _ in seen) == ["init_spread", "vae"]
@@ -229,20 +239,7 @@ def test_gpu_tier_runs_in_short_steps_and_skips_what_does_not_fit(tmp_store, mon
     assert items and all(i.minutes and len(i.cmds) == 1 for i in items)
     assert all(c.sets.get("analysis_model") == "cl" for i in items for c in i.cmds)
     started = []
-    real_popen = campaign.subprocess.Popen
-
-    class FakeProc:
-        returncode = 0
-
-        def poll(self):
-            return 0
-
-    def popen(argv, **kw):
-        if "rank1lib" not in argv:
-            return real_popen(argv, **kw)
-        started.append(argv)
-        return FakeProc()
-    monkeypatch.setattr(campaign.subprocess, "Popen", popen)
+    record_item_commands(monkeypatch, lambda argv, kw: started.append(argv))
     assert campaign.campaign("gpu", hours=4 / 60, jobs=1, only=["cl-mnist-5k-s1"], log_dir=tmp_store / "l") == 0
     assert started == [] and "more than is left; not started" in capsys.readouterr().out
     assert campaign.campaign("gpu", hours=7 / 60, jobs=1, only=["cl-mnist-5k-s1"], log_dir=tmp_store / "l") == 0

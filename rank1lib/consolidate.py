@@ -10,7 +10,8 @@
 model, data and noise schedule; `batches` is a list (or anything iterable twice) of batches drawn the
 way training draws them (for a diffusion model: x0, t and eps sampled jointly). The statistics are
 exact for the samples given: mu by one backward of the summed loss per batch, the products mu^T g_i
-by a second, double backward per batch (no per-sample gradients, no forward-mode AD).
+from a second forward and backward per batch through layer hooks (rank1lib.directional; checked on
+the first batch against a double backward, which is used instead for layers it cannot follow).
 
 The baselines of the paper's Table 1 and app. E.4.1 come from the same kind of call:
     F_diag = diagonal_fisher(model, per_sample_loss, batches)               # E[g^2], diagonal EWC
@@ -20,12 +21,13 @@ The baselines of the paper's Table 1 and app. E.4.1 come from the same kind of c
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, ewc
+from . import directional, distributed, ewc
 
 __all__ = ["TaskStats", "task_statistics", "Rank1EWC", "per_sample_gradients", "diagonal_fisher", "rank_k_fisher"]
 
@@ -120,11 +122,18 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
     mu = [distributed.all_sum(m) / n for m in mu]
     mu32 = [m.to(p.dtype) for m, p in zip(mu, params)]
     dots, d2 = [], None
-    for batch in batches:  # pass 2: mu^T g_i = (J mu)_i, by differentiating u -> (J^T u) . mu
-        losses = per_sample_loss(model, batch)
-        u = torch.zeros_like(losses, requires_grad=True)
-        jt_u = torch.autograd.grad(losses, params, grad_outputs=u, create_graph=True)
-        dots.append(torch.autograd.grad(sum((g * m).sum() for g, m in zip(jt_u, mu32)), u)[0].detach().double())
+    found = directional.owners(_unwrap(model), names)
+    v_named = dict(zip(names, mu32))
+    for k, batch in enumerate(batches):  # pass 2: mu^T g_i for every sample
+        if found is not None:
+            u, _ = directional.directional(model, partial(per_sample_loss, model, batch), found, v_named)
+            if k == 0:  # checked once against the double backward; a mismatch means a layer we cannot follow
+                ref = _dots_double_backward(model, per_sample_loss, batch, params, mu32)
+                if float((u - ref).abs().max()) > 1e-3 * float(ref.abs().max()) + 1e-30:
+                    found, u = None, ref
+            dots.append(u)
+        else:
+            dots.append(_dots_double_backward(model, per_sample_loss, batch, params, mu32))
         if diag:  # E[g^2] needs the per-sample gradients themselves
             sq = per_sample_gradients(model, per_sample_loss, batch, names).double().pow(2).sum(0)
             d2 = sq if d2 is None else d2 + sq
@@ -141,6 +150,14 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
     return TaskStats(mu=mu_flat.float().cpu(), c_star=c_star, theta_star=theta.float().cpu(), names=names,
                      shapes=[list(p.shape) for p in params], n_samples=n,
                      diag=(d2 / n).float().cpu() if diag else None)
+
+
+def _dots_double_backward(model, per_sample_loss, batch, params, mu32):
+    """mu^T g_i = (J mu)_i for one batch, by differentiating u -> (J^T u) . mu (a double backward)."""
+    losses = per_sample_loss(model, batch)
+    u = torch.zeros_like(losses, requires_grad=True)
+    jt_u = torch.autograd.grad(losses, params, grad_outputs=u, create_graph=True)
+    return torch.autograd.grad(sum((g * m).sum() for g, m in zip(jt_u, mu32)), u)[0].detach().double()
 
 
 class _Bound:

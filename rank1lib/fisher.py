@@ -171,7 +171,8 @@ def mu_c_star(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
     """mu = E[g] and c* = E[(mu^T g)^2] / ||mu||^4 over the joint sampling of sec. 3.3.
 
     The book's path through the public API (consolidate.task_statistics): per chunk, one backward of
-    the summed loss (sum_i g_i), then one double backward for every mu^T g_i; no per-sample gradient.
+    the summed loss (sum_i g_i), then one forward and backward with layer hooks for every mu^T g_i
+    (rank1lib.directional); no per-sample gradient.
     Returns (mu flat float32 (P,) on CPU, c_star float).
     """
     from .consolidate import task_statistics

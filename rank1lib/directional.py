@@ -1,0 +1,91 @@
+"""Per-sample directional derivatives u_i = v^T g_i from one batched forward and backward (for c*, eq. 5).
+
+Every parameter of the book's UNets sits in a layer whose output is linear in it (Conv2d, Linear,
+GroupNorm's affine, Embedding). For such a layer, out = f(a; W), so the derivative of sample i's loss
+along a direction v is a sum over the layers of <dl_i/d out_i, f(a_i; v_W)> (plus <dl_i/d out_i, v_b>
+for a bias). The layer inputs a_i come from forward hooks and the output gradients dl_i/d out_i from
+one backward of the summed loss taken with respect to the layer outputs (no weight gradients, no
+per-sample gradients, no double backward). This needs samples that do not interact inside the model
+(eval mode; GroupNorm normalises each sample alone) and every parameter used only through its own
+layer's forward; `task_statistics` checks the result against the double-backward path on its first
+batch and falls back to it when they differ.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.Embedding)
+
+
+def _supported(m) -> bool:
+    if isinstance(m, nn.Conv2d):
+        return m.padding_mode == "zeros"
+    if isinstance(m, nn.Embedding):
+        return m.max_norm is None
+    return isinstance(m, SUPPORTED)
+
+
+def owners(model, names):
+    """{module name: (module, {param short name: full name})} for the parameters `names`, or None when
+    one of them is not a direct parameter of a supported layer."""
+    wanted, found = set(names), {}
+    for mn, m in model.named_modules():
+        own = {pn: f"{mn}.{pn}" if mn else pn for pn, _ in m.named_parameters(recurse=False)}
+        own = {pn: full for pn, full in own.items() if full in wanted}
+        if own:
+            if not _supported(m):
+                return None
+            found[mn] = (m, own)
+    covered = {full for _, own in found.values() for full in own.values()}
+    return found if covered == wanted else None
+
+
+def along(m, a, v):
+    """The part of layer m's output linear in its parameters, evaluated at direction v ({'weight', 'bias'})."""
+    w, b = v.get("weight"), v.get("bias")
+    if isinstance(m, nn.Conv2d):
+        out = F.conv2d(a, w, None, m.stride, m.padding, m.dilation, m.groups) if w is not None else 0.0
+        shape = (1, -1, 1, 1)
+    elif isinstance(m, nn.Linear):
+        out = a @ w.T if w is not None else 0.0
+        shape = (-1,)
+    elif isinstance(m, nn.GroupNorm):
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        out = F.group_norm(a, m.num_groups, None, None, m.eps) * w.reshape(shape) if w is not None else 0.0
+    else:  # nn.Embedding
+        return F.embedding(a, w, m.padding_idx)
+    return out + b.reshape(shape) if b is not None else out
+
+
+@contextlib.contextmanager
+def recording(found):
+    """Record (module, input, output) of every call of the layers in `found` while the block runs."""
+    calls, handles = [], []
+    for mn, (m, _) in found.items():
+        handles.append(m.register_forward_hook(
+            lambda mod, inp, out, mn=mn: calls.append((mn, inp[0].detach(), out))))
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def directional(model, losses_fn, found, v_named):
+    """u_i = v^T grad l_i for every sample of one batch: `losses_fn()` runs the forward and returns the (n,)
+    losses; `v_named` maps full parameter names to direction tensors. Returns float64 (n,)."""
+    with recording(found) as calls:
+        losses = losses_fn()
+    used = [(mn, a, out) for mn, a, out in calls if out.requires_grad]
+    outs = torch.autograd.grad(losses.sum(), [o for _, _, o in used], allow_unused=True)
+    u = torch.zeros(len(losses), dtype=torch.float64, device=losses.device)
+    with torch.no_grad():
+        for (mn, a, _), gout in zip(used, outs):
+            if gout is None:
+                continue
+            m, own = found[mn]
+            part = along(m, a, {pn: v_named[full] for pn, full in own.items()})
+            u += (gout * part).reshape(len(u), -1).sum(1, dtype=torch.float64)
+    return u.detach(), losses.detach()

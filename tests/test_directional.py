@@ -1,0 +1,86 @@
+"""Per-sample directional derivatives through layer hooks (rank1lib.directional) against per-sample
+gradients from a plain autograd loop, and task_statistics' fallback to the double backward."""
+import torch
+from torch import nn
+
+import rank1lib
+from rank1lib import consolidate, diffusion, directional, fisher
+from rank1lib.models import build_unet
+
+
+def _loss(model, batch):
+    x0, y, t, eps = batch
+    x_t = diffusion.q_sample(diffusion.to_model_range(x0), t, eps, diffusion.alpha_bar())
+    return diffusion.per_sample_loss(model(x_t, t, class_labels=y).sample, eps)
+
+
+def _loop_G(model, loss, batch, n):
+    """Dense per-sample gradients, one autograd.grad per sample (the reference)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+    for i in range(n):
+        li = loss(model, tuple(b[i:i + 1] for b in batch))[0]
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(li, params)]).double())
+    return torch.stack(rows)
+
+
+def test_hooks_equal_per_sample_gradients_times_v_on_a_unet_with_attention():
+    torch.manual_seed(0)
+    net = build_unet("tiny", 10).eval()  # Conv2d, Linear (attention, time embedding), GroupNorm, Embedding
+    x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
+    batch = fisher.joint_samples(x, torch.arange(8) % 10, 6, seed=3)
+    names = fisher.param_names(net)
+    found = directional.owners(net, names)
+    assert found is not None and {type(m) for m, _ in found.values()} == set(directional.SUPPORTED)
+    v = {n: torch.randn_like(p) for n, p in net.named_parameters()}
+    with consolidate._plain_attention(net):
+        u, _ = directional.directional(net, lambda: _loss(net, batch), found, v)
+        G = _loop_G(net, _loss, batch, 6)
+    u_ref = G @ torch.cat([v[n].reshape(-1) for n in names]).double()
+    assert (u - u_ref).abs().max() <= 1e-5 * u_ref.abs().max()
+
+
+class _Sneaky(nn.Module):
+    """A layer's weight also used outside that layer's forward: hooks alone would miss that use."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = nn.Linear(6, 6), nn.Linear(6, 1)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(x) + x @ self.lin.weight.T))
+
+
+class _Custom(nn.Module):
+    """A parameter outside any supported layer (an elementwise scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.scale = nn.Linear(6, 1), nn.Parameter(torch.ones(6))
+
+    def forward(self, x):
+        return self.lin(torch.tanh(x * self.scale))
+
+
+def _mse(model, batch):
+    x, y = batch
+    return (model(x)[:, 0] - y) ** 2
+
+
+def test_statistics_fall_back_to_the_double_backward_where_hooks_cannot_follow(monkeypatch):
+    torch.manual_seed(1)
+    calls = []
+    real = consolidate._dots_double_backward
+    monkeypatch.setattr(consolidate, "_dots_double_backward", lambda *a: calls.append(1) or real(*a))
+    for model, n_double in ((nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)), 1),  # check only
+                            (_Sneaky(), 3), (_Custom(), 3)):
+        batches = [(torch.randn(4, 6), torch.randn(4)) for _ in range(3)]
+        calls.clear()
+        st = rank1lib.task_statistics(model, _mse, batches)
+        G = torch.cat([_loop_G(model, _mse, b, 4) for b in batches])
+        mu = G.mean(0)
+        c_ref = float((G @ mu).pow(2).mean() / mu.dot(mu) ** 2)
+        assert (st.mu.double() - mu).abs().max() <= 1e-5 * mu.abs().max()
+        assert abs(st.c_star - c_ref) <= 1e-5 * c_ref
+        assert len(calls) == n_double, type(model).__name__
+    assert directional.owners(_Custom(), ["lin.weight", "lin.bias", "scale"]) is None

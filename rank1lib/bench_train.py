@@ -32,6 +32,41 @@ def median_step_time(step, n, warmup, device):
     return sorted(times)[len(times) // 2]
 
 
+def interleaved_step_times(steps, rounds, warmup, device):
+    """{name: [seconds per call]} with the steps called in turn, round after round (the order rotating),
+    so that drift in machine speed hits every variant alike."""
+    names = list(steps)
+    for _ in range(warmup):
+        for k in names:
+            steps[k]()
+    times = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            _sync(device)
+            t0 = time.perf_counter()
+            steps[k]()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
+def paired_overhead(times, base, other):
+    """Median over rounds of other/base - 1 (the two measured in the same round)."""
+    return median([o / b - 1 for o, b in zip(times[other], times[base])])
+
+
+def penalty_seconds(penalty, model, n, device):
+    """Median time of the penalty's forward + backward alone (what it adds to a step)."""
+    def call():
+        penalty(model).backward()
+        model.zero_grad(set_to_none=True)
+    return median_step_time(call, n, 3, device)
+
+
 def naive_step_fn(model, x, y, cfg, device):
     """fp32 eager step fed by a DataLoader from CPU memory, plain Adam."""
     ds = torch.utils.data.TensorDataset(to_model_range(x), y)
@@ -130,7 +165,7 @@ def bench_train(cfg):
     """Rows per measurement and the summary JSON of the issue."""
     device = pick_device()
     on_cpu = device.type == "cpu"
-    n, warm = (9, 2) if on_cpu else (30, 10)
+    n, warm = (15, 2) if on_cpu else (30, 10)  # rounds of (plain, rank-1, diag) steps, interleaved
     b = cfg.batch_size
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (b * 8, 1, 32, 32), dtype=torch.uint8, generator=g)
@@ -144,13 +179,17 @@ def bench_train(cfg):
     t_naive = median_step_time(naive_step_fn(m, x, y, cfg, device), n, warm, device)
     m = model()
     r1, dg = penalties(m)
-    t_fast = median_step_time(fast_step_fn(m, x, y, cfg, device), n, warm, device)
-    t_r1 = median_step_time(fast_step_fn(m, x, y, cfg, device, r1), n, warm, device)
-    t_dg = median_step_time(fast_step_fn(m, x, y, cfg, device, dg), n, warm, device)
+    times = interleaved_step_times({"fast": fast_step_fn(m, x, y, cfg, device),
+                                    "rank1": fast_step_fn(m, x, y, cfg, device, r1),
+                                    "diag": fast_step_fn(m, x, y, cfg, device, dg)}, n, warm, device)
+    t_fast, t_r1, t_dg = (median(times[k]) for k in ("fast", "rank1", "diag"))
+    p_r1, p_dg = (penalty_seconds(p, m, 5 * n, device) for p in (r1, dg))
     rows = [{"measurement": "naive step (fp32 eager, DataLoader)", "seconds": t_naive, "images_per_s": b / t_naive},
             {"measurement": "optimised step", "seconds": t_fast, "images_per_s": b / t_fast},
             {"measurement": "optimised + rank-1 penalty (4 past tasks)", "seconds": t_r1, "images_per_s": b / t_r1},
-            {"measurement": "optimised + diag penalty (4 past tasks)", "seconds": t_dg, "images_per_s": b / t_dg}]
+            {"measurement": "optimised + diag penalty (4 past tasks)", "seconds": t_dg, "images_per_s": b / t_dg},
+            {"measurement": "rank-1 penalty alone, forward + backward", "seconds": p_r1, "images_per_s": None},
+            {"measurement": "diag penalty alone, forward + backward", "seconds": p_dg, "images_per_s": None}]
     n_img = min(cfg.sample_batch, 32 if on_cpu else 1000)
     m.eval()
     ddim_sample(m, torch.arange(min(n_img, 4)) % 10, steps=2, progress=False)  # warm-up
@@ -172,7 +211,9 @@ def bench_train(cfg):
     dev_name = store.device_name(device)
     peak = peak_tflops(dev_name)
     summary = {"optimized_vs_naive_speedup": t_naive / t_fast,
-               "rank1_penalty_overhead": t_r1 / t_fast - 1, "diag_penalty_overhead": t_dg / t_fast - 1,
+               "rank1_penalty_overhead": paired_overhead(times, "fast", "rank1"),
+               "diag_penalty_overhead": paired_overhead(times, "fast", "diag"),
+               "rank1_penalty_share": p_r1 / t_fast, "diag_penalty_share": p_dg / t_fast, "step_rounds": n,
                "ddim_images_per_s": n_img / t_ddim, "ddim_steps": cfg.ddim_steps,
                "fid_seconds_per_10k": None if fid_missing else 10_000 * t_feat / n_fid + t_fd,
                "fid_extractor": cfg.fid_extractor, "fid_not_measured": fid_missing,

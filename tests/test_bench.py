@@ -37,3 +37,16 @@ def test_step_flops_scale_with_batch_and_peak_lookup():
     assert all(p.grad is None for p in m.parameters())  # counting leaves no gradients behind
     assert peak_tflops("NVIDIA H200") == peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
     assert peak_tflops("CPU (x86_64, 2 cores)") is None
+
+
+def test_steps_are_interleaved_in_rotating_order_and_overheads_are_paired():
+    import torch
+    from rank1lib.bench_train import interleaved_step_times, paired_overhead
+    calls = []
+    steps = {k: (lambda k=k: calls.append(k)) for k in ("a", "b", "c")}
+    times = interleaved_step_times(steps, rounds=3, warmup=1, device=torch.device("cpu"))
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then rotated rounds
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    # a round where the machine runs twice as slow leaves every paired ratio at +5%
+    t = {"fast": [1.0, 2.0, 1.0], "pen": [1.05, 2.1, 1.05]}
+    assert abs(paired_overhead(t, "fast", "pen") - 0.05) < 1e-12

@@ -27,6 +27,7 @@ from .profiles import Config, load_profile
 # torch 2.14.1, 2026-11-25); used for estimates until a run has measured its own.
 SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6, "mid": 2.4}  # mid: guessed
 SEC_PER_SPECTRUM_T_1T = 42.0  # one timestep of the Gram path, base UNet, N = 1024, one thread
+SEC_PER_STUDY_EVAL_1T = 420.0  # one A-FID point of the network study (200 DDIM-50 images per task + FID)
 PER_CLASS = {"mnist-5k": 400, "fmnist": 6000}  # training images per class (estimates only)
 EXIT_DEADLINE = 3
 _STOP = threading.Event()  # set by Ctrl-C / SIGTERM: children are asked to checkpoint and stop
@@ -221,9 +222,12 @@ def item_status(cfg, item) -> dict:
         out.update(step=info[0], steps=steps)
         per = info[1] / info[0] if info[0] else SEC_PER_STEP_1T.get(item.arch, 1.5)
         eta += max(steps - info[0], 0) * per
+    study = bool(missing) and item.cmds[0].experiment == "cl_study"
+    if study:  # a network-study item resumes from its committed state
+        eta, out["step"], out["steps"] = study_eta(item_cfg(cfg, item), item.seed)
     if missing and item.minutes:
         eta = item.minutes * 60
-    elif missing:
+    elif missing and not study:
         eta += item.spectra_t * SEC_PER_SPECTRUM_T_1T + 120
         eta += item.steps * SEC_PER_STEP_1T.get(item.sets.get("model", cfg.model), 1.5)
     out["eta_s"] = eta if missing else 0.0
@@ -232,6 +236,20 @@ def item_status(cfg, item) -> dict:
     if missing and item.blocked:
         out["state"] = "blocked"
     return out
+
+
+def study_eta(icfg, seed):
+    """(seconds left at one thread, step, steps) of a network-study item from its committed state:
+    training steps still to run and A-FID points not yet evaluated."""
+    from .continual import eval_tag
+    from .study import study_dir
+    from .train import checkpoint_info
+    d = study_dir(icfg, icfg.dataset, seed)
+    steps = max(icfg.study_steps)
+    step, secs = checkpoint_info(d / "ckpt") or (0, 0.0)
+    per = secs / step if step else SEC_PER_STEP_1T.get(icfg.model, 1.5)
+    todo = [s for s in icfg.study_steps if not (d / f"eval-{s}-{eval_tag(icfg)}.json").exists()]
+    return (steps - step) * per + len(todo) * SEC_PER_STUDY_EVAL_1T + 120, step, steps
 
 
 def _fmt_s(s):

@@ -38,6 +38,11 @@ def study_config(cfg, dataset, seed):
     return {k: cfg[k] for k in keys} | {"dataset": dataset, "seed": seed}
 
 
+def study_dir(cfg, name, seed):
+    """Where one candidate's training state, snapshots and evaluated points live (committed at `cpu`)."""
+    return state_root(cfg) / "cl_study" / f"{name}-{cfg.model}-s{seed}-{store.config_hash(study_config(cfg, name, seed))}"
+
+
 def joint_data(cfg, ds):
     """Every training image of every task (the profile's train_per_class per class)."""
     classes = sorted(c for t in data.task_classes(ds.name) for c in t)
@@ -68,7 +73,7 @@ def cl_study(cfg, dataset=None, seed=0, progress=True):
         spec = data.SPECS[name]
         T = len(data.task_classes(name))
         x, y = joint_data(cfg, ds)
-        d = state_root(cfg) / "cl_study" / f"{name}-{cfg.model}-s{seed}-{store.config_hash(conf)}"
+        d = study_dir(cfg, name, seed)
         d.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(seed)
         net = build_unet(cfg.model, spec.num_classes, spec.channels)

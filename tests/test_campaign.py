@@ -245,3 +245,25 @@ def test_gpu_tier_runs_in_short_steps_and_skips_what_does_not_fit(tmp_store, mon
     assert campaign.campaign("gpu", hours=7 / 60, jobs=1, only=["cl-mnist-5k-s1"], log_dir=tmp_store / "l") == 0
     assert len(started) == 1 and started[0][started[0].index("run"):started[0].index("run") + 2] == ["run", "spectrum"]
     assert "analysis_model=cl" in started[0] and "--seed" in started[0] and "1" in started[0]
+
+
+def test_a_study_item_with_committed_state_is_partial_with_what_is_left(tmp_store):
+    """A network-study item that trained part-way and evaluated some A-FID points shows as partial, and
+    its estimate counts only the steps and points still to do (hand-computed from the constants)."""
+    from rank1lib import campaign
+    from rank1lib.continual import eval_tag
+    from rank1lib.study import study_dir
+    cfg = load_profile("cpu")
+    item = next(i for i in campaign.all_items(cfg) if i.key == "cl-study-small3")
+    fresh = campaign.item_status(cfg, item)
+    icfg = campaign.item_cfg(cfg, item)
+    steps = max(icfg.study_steps)
+    assert fresh["state"] == "pending" and fresh["step"] == 0 and fresh["steps"] == steps
+    d = study_dir(icfg, icfg.dataset, 0)
+    (d / "ckpt" / "last").mkdir(parents=True)
+    torch.save({"step": 1000, "seconds": 500.0}, d / "ckpt" / "last" / "trainer.pt")
+    (d / f"eval-{icfg.study_steps[0]}-{eval_tag(icfg)}.json").write_text("[1, 2, [3]]")
+    st = campaign.item_status(cfg, item)
+    left_points = len(icfg.study_steps) - 1
+    assert st["state"] == "partial" and st["step"] == 1000
+    assert st["eta_s"] == pytest.approx((steps - 1000) * 0.5 + left_points * campaign.SEC_PER_STUDY_EVAL_1T + 120)

@@ -10,6 +10,7 @@ from . import fid, store
 from .bench import benchmark
 from .diffusion import alpha_bar, ddim_sample, loss_simple, to_model_range
 from .models import build_unet, n_params
+from .profiles import Config
 from .train import make_adam, pick_device, switch
 
 
@@ -221,3 +222,43 @@ def bench_train(cfg):
                "peak_bf16_tflops": peak, "model_flops_utilisation": peak and flops / t_fast / 1e12 / peak,
                "model": cfg.model, "params": n_params(m), "batch_size": b, "device": dev_name}
     return rows, summary
+
+
+# The trainer's two speed switches (profile keys amp, compile), each alone and together.
+VARIANTS = {"fp32 eager": ("off", "off"), "bf16 autocast": ("on", "off"), "torch.compile": ("off", "on"),
+            "compile + bf16": ("on", "on")}
+SETTINGS_MODELS = {"ci": ("tiny",), "quick": ("tiny",), "gpu": ("cl",), "paper": ("cl",)}
+ADOPT_AT = 1.05  # a variant is worth switching on when it is at least 5% faster than fp32 eager
+
+
+@benchmark("settings")
+def bench_settings(cfg):
+    """The trainer's step per model under each VARIANTS setting, steps interleaved round by round; the
+    rule (fixed before measuring): keep fp32 eager unless a variant is >= ADOPT_AT x faster."""
+    device = pick_device()
+    on_cpu = device.type == "cpu"
+    rounds, warm = (7, 2) if on_cpu else (30, 10)
+    models = SETTINGS_MODELS.get(cfg.name, ("small1", "small3", "base", "mid"))
+    g = torch.Generator().manual_seed(0)
+    b = cfg.batch_size
+    x = torch.randint(0, 256, (b * 8, 1, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (b * 8,), generator=g)
+    rows, best = [], {}
+    for name in models:
+        steps = {}
+        for v, (amp, comp) in VARIANTS.items():
+            torch.manual_seed(0)
+            m = build_unet(name, 10, 1).to(device).train()
+            steps[v] = fast_step_fn(m, x, y, Config(cfg, amp=amp, compile=comp), device)
+        times = interleaved_step_times(steps, rounds, warm, device)
+        t0 = median(times["fp32 eager"])
+        for v in VARIANTS:
+            rows.append({"model": name, "setting": v, "seconds": median(times[v]),
+                         "images_per_s": b / median(times[v]),
+                         "vs fp32 eager": 1 + paired_overhead(times, v, "fp32 eager")})
+        fastest = max(VARIANTS, key=lambda v: 1 + paired_overhead(times, v, "fp32 eager"))
+        gain = 1 + paired_overhead(times, fastest, "fp32 eager")
+        best[name] = {"fastest": fastest, "speedup": gain, "fp32_seconds": t0,
+                      "adopt": fastest if gain >= ADOPT_AT else "fp32 eager"}
+    return rows, {"models": best, "batch_size": b, "rounds": rounds, "adopt_at": ADOPT_AT,
+                  "device": store.device_name(device)}

@@ -19,6 +19,17 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def median(xs):
+    """The upper median (the middle element for an odd count)."""
+    return sorted(xs)[len(xs) // 2]
+
+
+def image_pool(b, g):
+    """8 batches of random uint8 images and labels: step times do not depend on the pixels."""
+    return (torch.randint(0, 256, (b * 8, 1, 32, 32), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (b * 8,), generator=g))
+
+
 def median_step_time(step, n, warmup, device):
     """Median wall time of `step()` over n calls after `warmup` calls."""
     for _ in range(warmup):
@@ -30,7 +41,7 @@ def median_step_time(step, n, warmup, device):
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median(times)
 
 
 def interleaved_step_times(steps, rounds, warmup, device):
@@ -51,8 +62,6 @@ def interleaved_step_times(steps, rounds, warmup, device):
     return times
 
 
-def median(xs):
-    return sorted(xs)[len(xs) // 2]
 
 
 def paired_overhead(times, base, other):
@@ -169,8 +178,7 @@ def bench_train(cfg):
     n, warm = (15, 2) if on_cpu else (30, 10)  # rounds of (plain, rank-1, diag) steps, interleaved
     b = cfg.batch_size
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (b * 8, 1, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 10, (b * 8,), generator=g)
+    x, y = image_pool(b, g)
 
     def model():
         torch.manual_seed(0)
@@ -241,8 +249,7 @@ def bench_settings(cfg):
     models = SETTINGS_MODELS.get(cfg.name, ("small1", "small3", "base", "mid"))
     g = torch.Generator().manual_seed(0)
     b = cfg.batch_size
-    x = torch.randint(0, 256, (b * 8, 1, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 10, (b * 8,), generator=g)
+    x, y = image_pool(b, g)
     rows, best = [], {}
     for name in models:
         steps = {}
@@ -251,14 +258,12 @@ def bench_settings(cfg):
             m = build_unet(name, 10, 1).to(device).train()
             steps[v] = fast_step_fn(m, x, y, Config(cfg, amp=amp, compile=comp), device)
         times = interleaved_step_times(steps, rounds, warm, device)
-        t0 = median(times["fp32 eager"])
+        speedup = {v: 1 + paired_overhead(times, v, "fp32 eager") for v in VARIANTS}
         for v in VARIANTS:
             rows.append({"model": name, "setting": v, "seconds": median(times[v]),
-                         "images_per_s": b / median(times[v]),
-                         "vs fp32 eager": 1 + paired_overhead(times, v, "fp32 eager")})
-        fastest = max(VARIANTS, key=lambda v: 1 + paired_overhead(times, v, "fp32 eager"))
-        gain = 1 + paired_overhead(times, fastest, "fp32 eager")
-        best[name] = {"fastest": fastest, "speedup": gain, "fp32_seconds": t0,
-                      "adopt": fastest if gain >= ADOPT_AT else "fp32 eager"}
+                         "images_per_s": b / median(times[v]), "vs fp32 eager": speedup[v]})
+        fastest = max(VARIANTS, key=speedup.get)
+        best[name] = {"fastest": fastest, "speedup": speedup[fastest], "fp32_seconds": median(times["fp32 eager"]),
+                      "adopt": fastest if speedup[fastest] >= ADOPT_AT else "fp32 eager"}
     return rows, {"models": best, "batch_size": b, "rounds": rounds, "adopt_at": ADOPT_AT,
                   "device": store.device_name(device)}

@@ -126,7 +126,7 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
     v_named = dict(zip(names, mu32))
     for k, batch in enumerate(batches):  # pass 2: mu^T g_i for every sample
         if found is not None:
-            u, _ = directional.directional(model, partial(per_sample_loss, model, batch), found, v_named)
+            u = directional.directional(model, partial(per_sample_loss, model, batch), found, v_named)
             if k == 0:  # checked once against the double backward; a mismatch means a layer we cannot follow
                 ref = _dots_double_backward(model, per_sample_loss, batch, params, mu32)
                 if float((u - ref).abs().max()) > 1e-3 * float(ref.abs().max()) + 1e-30:

@@ -88,4 +88,4 @@ def directional(model, losses_fn, found, v_named):
             m, own = found[mn]
             part = along(m, a, {pn: v_named[full] for pn, full in own.items()})
             u += (gout * part).reshape(len(u), -1).sum(1, dtype=torch.float64)
-    return u.detach(), losses.detach()
+    return u

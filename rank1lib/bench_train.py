@@ -175,7 +175,7 @@ def bench_train(cfg):
     """Rows per measurement and the summary JSON of the issue."""
     device = pick_device()
     on_cpu = device.type == "cpu"
-    n, warm = (15, 2) if on_cpu else (30, 10)  # rounds of (plain, rank-1, diag) steps, interleaved
+    n, warm = (31, 2) if on_cpu else (30, 10)  # rounds of (plain, rank-1, diag) steps, interleaved
     b = cfg.batch_size
     g = torch.Generator().manual_seed(0)
     x, y = image_pool(b, g)

@@ -11,7 +11,7 @@ model, data and noise schedule; `batches` is a list (or anything iterable twice)
 way training draws them (for a diffusion model: x0, t and eps sampled jointly). The statistics are
 exact for the samples given: mu by one backward of the summed loss per batch, the products mu^T g_i
 from a second forward and backward per batch through layer hooks (rank1lib.directional; checked on
-the first batch against a double backward, which is used instead for layers it cannot follow).
+the first 8 samples against a double backward, which is used instead for layers it cannot follow).
 
 The baselines of the paper's Table 1 and app. E.4.1 come from the same kind of call:
     F_diag = diagonal_fisher(model, per_sample_loss, batches)               # E[g^2], diagonal EWC
@@ -127,10 +127,11 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
     for k, batch in enumerate(batches):  # pass 2: mu^T g_i for every sample
         if found is not None:
             u = directional.directional(model, partial(per_sample_loss, model, batch), found, v_named)
-            if k == 0:  # checked once against the double backward; a mismatch means a layer we cannot follow
-                ref = _dots_double_backward(model, per_sample_loss, batch, params, mu32)
-                if float((u - ref).abs().max()) > 1e-3 * float(ref.abs().max()) + 1e-30:
-                    found, u = None, ref
+            if k == 0:  # checked once, on the first CHECK samples, against the double backward: a mismatch
+                head = _head(batch, CHECK)  # means a layer we cannot follow, or samples that interact
+                ref = _dots_double_backward(model, per_sample_loss, head, params, mu32)
+                if float((u[:len(ref)] - ref).abs().max()) > 1e-3 * float(ref.abs().max()) + 1e-30:
+                    found, u = None, _dots_double_backward(model, per_sample_loss, batch, params, mu32)
             dots.append(u)
         else:
             dots.append(_dots_double_backward(model, per_sample_loss, batch, params, mu32))
@@ -150,6 +151,15 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
     return TaskStats(mu=mu_flat.float().cpu(), c_star=c_star, theta_star=theta.float().cpu(), names=names,
                      shapes=[list(p.shape) for p in params], n_samples=n,
                      diag=(d2 / n).float().cpu() if diag else None)
+
+
+CHECK = 8  # samples of the first batch on which the hook path is checked against the double backward
+
+
+def _head(batch, n):
+    """The first n samples of a batch (a tensor, or a tuple/list/dict of tensors with samples on dim 0)."""
+    from torch.utils._pytree import tree_map
+    return tree_map(lambda v: v[:n] if isinstance(v, torch.Tensor) else v, batch)
 
 
 def _dots_double_backward(model, per_sample_loss, batch, params, mu32):

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from . import consolidate, data, distributed, ewc, fid, fisher, replay, store
 from .diffusion import ddim_sample
 from .models import build_unet, n_params
+from .profiles import Config
 from .train import ckpt_root, pick_device, state_root, steps_for, switch, train
 
 METHODS = ("joint", "finetune", "diag", "rank1", "gd", "diag-gd", "rank1-gd", "rankk-gd")
@@ -32,7 +33,8 @@ TABLE1 = ("joint", "diag", "rank1", "gd", "diag-gd", "rank1-gd")
 RECIPES = {"finetune": (None, False), "diag": ("diag", False), "rank1": ("rank1", False),
            "gd": (None, True), "diag-gd": ("diag", True), "rank1-gd": ("rank1", True),
            "rankk-gd": ("rankk", True)}
-TRAIN_KEYS = ("model", "epochs", "max_steps", "train_per_class", "batch_size", "lr", "amp", "compile")
+TRAIN_KEYS = ("model", "epochs", "max_steps", "train_per_class", "batch_size", "lr", "amp", "compile",
+              "cl_amp", "cl_compile")
 METHOD_KEYS = ("lam", "replay_per_class", "ddim_steps", "mu_samples", "rank_k", "power_iters")
 EVAL_KEYS = ("ddim_steps", "fid_per_class", "fid_extractor", "sample_batch")  # noise is drawn per batch
 
@@ -243,6 +245,12 @@ def combine(pen, distill):
     return extra
 
 
+def step_settings(cfg):
+    """The profile as a continual run's trainer sees it: amp/compile are the cl_amp/cl_compile switches
+    (sampling, the statistics and the Fisher analysis keep amp/compile)."""
+    return Config(cfg, amp=cfg.cl_amp, compile=cfg.cl_compile)
+
+
 def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, progress):
     """Train (or resume, or load) task k into d/ckpt; returns train.json's content or None if stopped."""
     from diffusers.utils import logging as dlog
@@ -252,8 +260,8 @@ def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, prog
     level = dlog.get_verbosity()
     dlog.set_verbosity_error()  # from_pretrained's note about `accelerate` on every checkpoint load
     try:
-        out = train(net, x, y, cfg, steps=steps, seed=seed * 1_000 + k, ckpt_dir=d / "ckpt", extra_loss=extra,
-                    desc=desc, stop_after=stop_after, progress=progress, device=device)
+        out = train(net, x, y, step_settings(cfg), steps=steps, seed=seed * 1_000 + k, ckpt_dir=d / "ckpt",
+                    extra_loss=extra, desc=desc, stop_after=stop_after, progress=progress, device=device)
     finally:
         dlog.set_verbosity(level)
     if out.get("interrupted"):

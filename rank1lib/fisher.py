@@ -90,7 +90,7 @@ def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=F
     """Yield (start, {name: (n, *shape)}) per chunk of samples: g_i = grad l(theta; x_t, t).
 
     method 'vmap': torch.func vmap(grad) over the chunk; 'loop': one autograd.grad per sample
-    (same numbers; faster on CPU); 'auto' picks per device.
+    (same numbers, slower; the test reference); 'auto' resolves to vmap (resolve_method).
     """
     device = next(model.parameters()).device
     method = resolve_method(method, device)

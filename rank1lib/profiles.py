@@ -89,6 +89,8 @@ SCHEMA = {
     "ckpt_every": (int, *_int_at_least(0)),
     "amp": (str, *_switch),
     "compile": (str, *_switch),
+    "cl_amp": (str, *_switch),
+    "cl_compile": (str, *_switch),
     "heavy": (bool, lambda v: True, "true or false"),
     "cli_only": (bool, lambda v: True, "true or false"),
     "state_in_store": (bool, lambda v: True, "true or false"),

@@ -160,3 +160,19 @@ def test_state_in_store_is_pruned_once_the_result_is_stored(tmp_path, monkeypatc
     assert not (root / continual.lineage(c, "rank1", 1)).exists()
     again = runs_mod.continual_run(c, "mnist-5k", 0, "rank1", progress=False)  # loaded, nothing recomputed
     assert again.values["fid"] == rec.values["fid"]
+
+
+def test_continual_training_steps_use_the_cl_switches(tmp_store, monkeypatch):
+    """A continual run's trainer sees amp/compile = cl_amp/cl_compile; both are part of the run's hash."""
+    seen = {}
+
+    def fake_train(net, x, y, cfg, **kw):
+        seen.update(amp=cfg.amp, compile=cfg.compile)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(continual, "train", fake_train)
+    cfg = load_profile("ci", amp="off", compile="off", cl_amp="on", cl_compile="on")
+    with pytest.raises(KeyboardInterrupt):
+        continual.run(cfg, "mnist-5k", "finetune", progress=False)
+    assert seen == {"amp": "on", "compile": "on"}
+    other = load_profile("ci", amp="off", compile="off", cl_amp="off", cl_compile="on")
+    assert continual.run_root(cfg, "mnist-5k", 0) != continual.run_root(other, "mnist-5k", 0)

@@ -73,7 +73,8 @@ def test_statistics_fall_back_to_the_double_backward_where_hooks_cannot_follow(m
     real = consolidate._dots_double_backward
     monkeypatch.setattr(consolidate, "_dots_double_backward", lambda *a: calls.append(1) or real(*a))
     for model, n_double in ((nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)), 1),  # check only
-                            (_Sneaky(), 3), (_Custom(), 3)):
+                            (_Sneaky(), 4),  # the check on the first CHECK samples, then every batch
+                            (_Custom(), 3)):  # no hook path at all: every batch
         batches = [(torch.randn(4, 6), torch.randn(4)) for _ in range(3)]
         calls.clear()
         st = rank1lib.task_statistics(model, _mse, batches)
@@ -84,3 +85,26 @@ def test_statistics_fall_back_to_the_double_backward_where_hooks_cannot_follow(m
         assert abs(st.c_star - c_ref) <= 1e-5 * c_ref
         assert len(calls) == n_double, type(model).__name__
     assert directional.owners(_Custom(), ["lin.weight", "lin.bias", "scale"]) is None
+
+
+def test_statistics_of_dict_batches_larger_than_the_check(monkeypatch):
+    """Batches as dicts of tensors, larger than consolidate.CHECK: the hook path is checked on the first
+    CHECK samples (one double backward in all) and mu, c* equal the dense per-sample reference."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1))
+    batches = [{"x": torch.randn(20, 6), "y": torch.randn(20)} for _ in range(2)]
+    calls = []
+    real = consolidate._dots_double_backward
+
+    def counted(m, loss, batch, *rest):
+        calls.append(len(batch["x"]))
+        return real(m, loss, batch, *rest)
+    monkeypatch.setattr(consolidate, "_dots_double_backward", counted)
+    loss = lambda m, b: (m(b["x"])[:, 0] - b["y"]) ** 2  # noqa: E731
+    st = rank1lib.task_statistics(model, loss, batches)
+    assert calls == [consolidate.CHECK]
+    G = torch.cat([_loop_G(model, lambda m, b: loss(m, {"x": b[0], "y": b[1]}), (b["x"], b["y"]), 20)
+                   for b in batches])
+    mu = G.mean(0)
+    assert (st.mu.double() - mu).abs().max() <= 1e-5 * mu.abs().max()
+    assert abs(st.c_star - float((G @ mu).pow(2).mean() / mu.dot(mu) ** 2)) <= 1e-5 * st.c_star

@@ -59,3 +59,17 @@ def test_seed_range():
     for bad in (-1, 2 ** 32, 99999999999999999999, "abc"):
         with pytest.raises(ConfigError, match="bad seed"):
             check_seed(bad)
+
+
+def test_cpu_continual_settings_are_the_stored_bench_decision_for_its_model():
+    """cl_amp / cl_compile of the cpu profile are what `bench settings` adopted for the profile's model
+    (issue 8: decided by measurement; changing `model` needs the decision for the new model)."""
+    import json
+    from pathlib import Path
+
+    from rank1lib.bench_train import VARIANTS
+    cfg = load_profile("cpu")
+    rec = json.loads((Path(__file__).parents[1] / "book/results/cpu/bench/settings.json").read_text())
+    adopted = rec["values"]["summary"]["models"][cfg.model]["adopt"]
+    assert (cfg.cl_amp, cfg.cl_compile) == VARIANTS[adopted]
+    assert (cfg.amp, cfg.compile) == ("off", "off")  # the Fisher analysis and the study stay fp32 eager

@@ -46,3 +46,22 @@ def test_steps_for_profile():
     cfg = load_profile("paper")
     assert steps_for(cfg, 12000) == 200 * 94
     assert steps_for(load_profile("ci"), 12000) == 4
+
+
+def test_compiled_step_matches_eager_and_bf16_stays_close():
+    """compile = on gives the eager losses (same maths, fused kernels); amp = on (bf16 autocast) stays
+    within a few per cent of fp32 over a few steps. Both are what the cpu tier's continual runs use."""
+    import shutil
+
+    import pytest
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    x, y = data()
+    runs = {}
+    for amp, comp in (("off", "off"), ("off", "on"), ("on", "off")):
+        cfg = load_profile("ci", batch_size=8, ckpt_every=0, amp=amp, compile=comp)
+        runs[amp, comp] = train(make(), x, y, cfg, steps=3, seed=3, progress=False, device="cpu")["losses"]
+    eager = torch.tensor(runs["off", "off"])
+    assert torch.allclose(torch.tensor(runs["off", "on"]), eager, rtol=1e-3)
+    bf16 = torch.tensor(runs["on", "off"])
+    assert torch.allclose(bf16, eager, rtol=0.05) and not torch.equal(bf16, eager)

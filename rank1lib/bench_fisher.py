@@ -13,6 +13,7 @@ import torch
 from . import fisher
 from .analysis import analysis_data
 from .bench import benchmark
+from .consolidate import CHECK
 from .models import build_unet, n_params
 from .store import REPO, device_name
 from .train import pick_device
@@ -130,7 +131,8 @@ def bench_fisher(cfg):
         {"measure": "c*: batched vs loop (rel. err.)", "value": bl["c_err"], "goal": "<= 1e-5", "setting": ""},
         {"measure": "batched mu, c* time (s)", "value": bl["t_batched"], "goal": "",
          "setting": "task_statistics, chunks of 64: backward of the summed loss, then one forward + "
-                    "backward with layer hooks for mu^T g_i (its first 8 samples checked by a double backward)"},
+                    f"backward with layer hooks for mu^T g_i (its first {CHECK} samples checked by a double "
+                    "backward)"},
         {"measure": "loop mu, c* time (s)", "value": bl["t_loop"], "goal": "", "setting": "one backward per sample"},
         {"measure": "batched vs loop speed-up", "value": bl["t_loop"] / bl["t_batched"], "goal": ">= 5x on CPU",
          "setting": ""},

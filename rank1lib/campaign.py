@@ -25,7 +25,7 @@ from .profiles import Config, load_profile
 
 # Quiet-machine seconds per optimiser step at batch 128, one thread (this repo's 2-core Xeon,
 # torch 2.14.1, 2026-11-25); used for estimates until a run has measured its own.
-SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6, "mid": 2.4}  # mid: guessed
+SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6, "mid": 2.4}  # mid: 3.0 fp32 beside a base job (cl-study-mid), / 1.25 for bf16
 SEC_PER_SPECTRUM_T_1T = 42.0  # one timestep of the Gram path, base UNet, N = 1024, one thread
 SEC_PER_STUDY_EVAL_1T = 420.0  # one A-FID point of the network study (200 DDIM-50 images per task + FID)
 PER_CLASS = {"mnist-5k": 400, "fmnist": 6000}  # training images per class (estimates only)
@@ -163,8 +163,10 @@ def gpu_items(cfg) -> list:
     H100/H200 and stores a committed result; nothing needs FID (the Inception weights may be absent).
     The 35.7M UNet's Fisher spectrum (N = cl_fisher_samples per t) after 200 epochs, training included,
     measured on lent H200s (2026-11-26): 4,000 mnist-5k images (6,400 steps) 5.0 min; 5,000
-    Fashion-MNIST images (8,000 steps) ~8.3 min projected from 20.7 steps/s. Run items one at a
-    time: two side by side on one H200 ran at 1,490 img/s each against 2,465 alone."""
+    Fashion-MNIST images (8,000 steps) ~8.3 min projected from 20.7 steps/s. On a lent H100 the
+    mnist-5k training took 502 s (12.7 steps/s) and the whole item ~9.5 min, more than one call
+    (seed 2 needed a second call on the warm machine). Run items one at a time: two side by side on
+    one H200 ran at 1,490 img/s each against 2,465 alone."""
     cl = {"analysis_model": "cl", "analysis_epochs": 200}
     fm = dict(cl, train_per_class=500)
     spec = lambda ds, seed, sets: [Cmd("spectrum", ds, seed, sets)]  # noqa: E731

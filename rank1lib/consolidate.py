@@ -9,9 +9,12 @@
 `per_sample_loss(model, batch)` returns a (n,) tensor, one loss per sample of the batch, whatever the
 model, data and noise schedule; `batches` is a list (or anything iterable twice) of batches drawn the
 way training draws them (for a diffusion model: x0, t and eps sampled jointly). The statistics are
-exact for the samples given: mu by one backward of the summed loss per batch, the products mu^T g_i
-from a second forward and backward per batch through layer hooks (rank1lib.directional; checked on
-the first 8 samples against a double backward, which is used instead for layers it cannot follow).
+exact for the samples given, by one of two routes (`method`): 'gradients' stacks the per-sample
+gradients G (n x P float32, torch.func.vmap) and reads mu = G^T 1 / n and mu^T g_i = (G mu)_i from it
+in one pass; 'hooks' keeps no G: mu by one backward of the summed loss per batch, the products
+mu^T g_i from a second forward and backward per batch through layer hooks (rank1lib.directional;
+checked on the first 8 samples against a double backward, which is used instead for layers it cannot
+follow). 'auto' takes 'gradients' when G fits a memory budget (2 GiB on a CPU, a quarter of a GPU).
 
 The baselines of the paper's Table 1 and app. E.4.1 come from the same kind of call:
     F_diag = diagonal_fisher(model, per_sample_loss, batches)               # E[g^2], diagonal EWC
@@ -91,22 +94,96 @@ def _plain_attention(model):
 
 def task_statistics(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.Module, Any], torch.Tensor],
                     batches: Iterable, names: Sequence[str] | None = None, diag: bool = False,
-                    progress: bool = False) -> TaskStats:
+                    progress: bool = False, method: str = "auto") -> TaskStats:
     """mu = E[g], c* = E[(mu^T g)^2] / ||mu||^4 (eq. 5-6) and optionally the diagonal Fisher E[g^2],
     over every sample of `batches`, for the parameters `names` (default: all trainable ones).
 
     `per_sample_loss(model, batch)` returns one loss per sample, shape (n,); `batches` is a list (or
     anything iterable twice) of batches drawn the way training draws them. The diagonal needs one
-    backward per sample and is much slower than mu and c*. Under a multi-process launcher each rank
+    backward per sample on the 'hooks' route; the 'gradients' route has it from G at no extra cost.
+    `method`: 'gradients', 'hooks' or 'auto' (module docstring). Under a multi-process launcher each rank
     takes every W-th batch and the sums are all-reduced: every rank gets the statistics of all batches."""
     from .fisher import full_precision
+    if method not in ("auto", "gradients", "hooks"):
+        raise ValueError(f"task_statistics method {method!r}; valid: auto, gradients, hooks")
     with _plain_attention(model), full_precision():  # no TF32 on a GPU: exact float32 statistics
-        return _task_statistics(model, per_sample_loss, batches, names, diag, progress)
+        names, params = _selected(model, names)
+        batches = distributed.mine(batches)
+        if method == "gradients" or (method == "auto" and _g_fits(batches, params)):
+            st = _stats_by_gradients(model, per_sample_loss, batches, names, params, diag, progress,
+                                     strict=method == "gradients")
+            if st is not None:
+                return st
+        return _task_statistics(model, per_sample_loss, batches, names, params, diag, progress)
 
 
-def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
-    names, params = _selected(model, names)
-    batches = distributed.mine(batches)
+def _n_rows(batch):
+    """Samples in a batch (the leading size of its first tensor)."""
+    from torch.utils._pytree import tree_leaves
+    return next(v.shape[0] for v in tree_leaves(batch) if isinstance(v, torch.Tensor))
+
+
+def auto_route(n: int, n_params: int, device) -> str:
+    """The route method='auto' takes: 'gradients' when G (n x P float32) fits fisher.default_block_bytes."""
+    from .fisher import default_block_bytes
+    return "gradients" if 4 * n * n_params <= default_block_bytes(device) else "hooks"
+
+
+def _g_fits(batches, params):
+    """Whether G of this rank's batches fits (auto_route)."""
+    n = sum(_n_rows(b) for b in batches)
+    return auto_route(n, sum(p.numel() for p in params), params[0].device) == "gradients"
+
+
+def _summed_grad(model, per_sample_loss, batch, params):
+    """(n, flat gradient of the summed loss) for one batch; checks the loss's shape."""
+    losses = per_sample_loss(model, batch)
+    if losses.dim() != 1:
+        raise ValueError(f"per_sample_loss must return a (n,) tensor, got shape {tuple(losses.shape)}")
+    return len(losses), torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses.sum(), params)])
+
+
+def _stats_by_gradients(model, per_sample_loss, batches, names, params, diag, progress, strict):
+    """mu = G^T 1 / n, c* = ||G mu||^2 / n / ||mu||^4 (eq. 5-6) and E[g^2] from the stacked per-sample
+    gradients G, one vmap pass. None (use the hook route) when the first CHECK samples' gradients do not
+    add up to their summed backward (samples that interact), or, unless `strict`, when the model does
+    not run under torch.func."""
+    G = []
+    for k, batch in enumerate(tqdm(batches, desc="task statistics (per-sample gradients)", disable=not progress,
+                                   leave=False)):
+        if k == 0:
+            m, ref = _summed_grad(model, per_sample_loss, _head(batch, CHECK), params)
+        try:
+            g = per_sample_gradients(model, per_sample_loss, batch, names)
+        except (RuntimeError, NotImplementedError):
+            if strict:
+                raise
+            return None
+        if k == 0 and float((g[:m].sum(0) - ref).abs().max()) > 1e-3 * float(ref.abs().max()) + 1e-30:
+            if strict:
+                raise ValueError("per-sample gradients do not add up to the gradient of the summed loss: "
+                                 "the samples of a batch interact (use method='hooks')")
+            return None
+        G.append(g)
+    zero = torch.zeros((), dtype=torch.float64, device=params[0].device)
+    n = int(distributed.all_sum(zero + sum(len(g) for g in G)).item())
+    mu = distributed.all_sum(sum((g.sum(0, dtype=torch.float64) for g in G),
+                                 torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=zero.device))) / n
+    sq_dots = distributed.all_sum(zero + sum(((g.double() @ mu).pow(2).sum() for g in G), zero))
+    d2 = distributed.all_sum(sum((g.double().pow(2).sum(0) for g in G), torch.zeros_like(mu))) if diag else None
+    return _result(mu, sq_dots, n, params, names, d2)
+
+
+def _result(mu_flat, sq_dots, n, params, names, d2):
+    """TaskStats from mu (float64, flat), sum_i (mu^T g_i)^2, n and sum_i g_i^2 (or None)."""
+    c_star = float(sq_dots / n / mu_flat.dot(mu_flat).pow(2))
+    theta = torch.cat([p.detach().reshape(-1).double() for p in params])
+    return TaskStats(mu=mu_flat.float().cpu(), c_star=c_star, theta_star=theta.float().cpu(), names=names,
+                     shapes=[list(p.shape) for p in params], n_samples=n,
+                     diag=(d2 / n).float().cpu() if d2 is not None else None)
+
+
+def _task_statistics(model, per_sample_loss, batches, names, params, diag, progress):
     mu = [torch.zeros_like(p, dtype=torch.float64) for p in params]
     n = 0
     bar = tqdm(total=2 * len(batches), desc="task statistics", disable=not progress, leave=False)
@@ -146,11 +223,7 @@ def _task_statistics(model, per_sample_loss, batches, names, diag, progress):
     if diag:
         d2 = distributed.all_sum(d2 if d2 is not None else torch.zeros(mu_flat.numel(), dtype=torch.float64,
                                                                        device=mu_flat.device))
-    c_star = float(sq_dots / n / mu_flat.dot(mu_flat).pow(2))
-    theta = torch.cat([p.detach().reshape(-1).double() for p in params])
-    return TaskStats(mu=mu_flat.float().cpu(), c_star=c_star, theta_star=theta.float().cpu(), names=names,
-                     shapes=[list(p.shape) for p in params], n_samples=n,
-                     diag=(d2 / n).float().cpu() if diag else None)
+    return _result(mu_flat, sq_dots, n, params, names, d2 if diag else None)
 
 
 CHECK = 8  # samples of the first batch on which the hook path is checked against the double backward

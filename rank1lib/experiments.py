@@ -43,6 +43,10 @@ def model_sizes(num_classes=10, channels=1):
 def train_run(cfg, dataset=None, seed=0, model=None, progress=True):
     """Single-task training on every class of `dataset` (profile budget) and a DDIM grid per class."""
     name = dataset or cfg.dataset
+    if cfg.state_in_store:  # cpu tier: the chapter-1 run is the analysis run of chapters 2-4, at its settings
+        from .profiles import Config
+        cfg = Config(cfg, model=model or cfg.analysis_model, epochs=cfg.analysis_epochs,
+                     max_steps=cfg.analysis_max_steps)
     arch = model or cfg.model
     conf = task_config(cfg, ["epochs", "max_steps", "train_per_class", "batch_size", "lr",
                              "ddim_steps", "amp", "compile"]) | {"dataset": name, "model": arch, "seed": seed}
@@ -55,7 +59,6 @@ def train_run(cfg, dataset=None, seed=0, model=None, progress=True):
                               classes=list(range(spec.num_classes)))
         if cfg.state_in_store:  # cpu tier: the chapter-1 run is the analysis run of chapters 2-4 (trained once)
             from .analysis import analysis_net
-            from .profiles import Config
             net, info, x, y = analysis_net(Config(cfg, analysis_model=arch), name, seed, arch, progress=progress)
             out = {"steps": info["train_steps"], "losses": net.losses, "images_per_s": None}
         else:

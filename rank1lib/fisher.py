@@ -170,9 +170,10 @@ def diag_fisher_api(model, x0_uint8, y, n_samples, seed, chunk=32):
 def mu_c_star(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
     """mu = E[g] and c* = E[(mu^T g)^2] / ||mu||^4 over the joint sampling of sec. 3.3.
 
-    The book's path through the public API (consolidate.task_statistics): per chunk, one backward of
-    the summed loss (sum_i g_i), then one forward and backward with layer hooks for every mu^T g_i
-    (rank1lib.directional); no per-sample gradient.
+    The book's path through the public API (consolidate.task_statistics, method 'auto'): where the
+    per-sample gradients G (N x P float32) fit the memory budget (the base UNet at N = 1024: 0.6 GB),
+    one vmap pass over the chunks gives G and mu = G^T 1 / N, (G mu)_i = mu^T g_i; otherwise per chunk
+    one backward of the summed loss, then layer hooks for every mu^T g_i (rank1lib.directional).
     Returns (mu flat float32 (P,) on CPU, c_star float).
     """
     from .consolidate import task_statistics

@@ -24,9 +24,10 @@ def loss_fn(model, batch):
     return diffusion.per_sample_loss(model(x_t, t, class_labels=y).sample, eps)
 
 
-def test_statistics_equal_the_per_sample_reference():
+@pytest.mark.parametrize("method", ["gradients", "hooks"])
+def test_statistics_equal_the_per_sample_reference(method):
     net, x, y, batches = _setup()
-    st = rank1lib.task_statistics(net, loss_fn, batches, diag=True)
+    st = rank1lib.task_statistics(net, loss_fn, batches, diag=True, method=method)
     mu_ref, c_ref = fisher.mu_c_star_loop(net, x, y, 12, seed=5)
     assert (st.mu - mu_ref).abs().max() <= 1e-5 * mu_ref.abs().max()
     assert abs(st.c_star - c_ref) <= 1e-5 * abs(c_ref)
@@ -153,3 +154,63 @@ def test_baselines_through_the_public_api_on_a_non_diffusers_model():
     ev, U = torch.linalg.eigh(G.T @ G / len(G))
     assert torch.allclose(s.double(), ev.flip(0)[:2], rtol=1e-4)
     assert (V.double().T @ U[:, -2:]).abs().max(0).values.min() > 0.999
+
+
+def test_auto_route_follows_the_memory_budget(monkeypatch):
+    """'auto' stacks per-sample gradients when G fits fisher.default_block_bytes, else uses the hooks;
+    both give the same statistics."""
+    from rank1lib import consolidate
+    net, x, y, batches = _setup()
+    P = sum(p.numel() for p in net.parameters())
+    assert consolidate.auto_route(12, P, "cpu") == "gradients"
+    routes = []
+    real_g, real_h = consolidate._stats_by_gradients, consolidate._task_statistics
+    monkeypatch.setattr(consolidate, "_stats_by_gradients", lambda *a, **k: routes.append("g") or real_g(*a, **k))
+    monkeypatch.setattr(consolidate, "_task_statistics", lambda *a, **k: routes.append("h") or real_h(*a, **k))
+    st_g = rank1lib.task_statistics(net, loss_fn, batches)
+    monkeypatch.setattr(fisher, "default_block_bytes", lambda device: 4 * 12 * P - 1)  # one byte short
+    assert consolidate.auto_route(12, P, "cpu") == "hooks"
+    st_h = rank1lib.task_statistics(net, loss_fn, batches)
+    assert routes == ["g", "h"]
+    assert (st_g.mu - st_h.mu).abs().max() <= 1e-5 * st_h.mu.abs().max()
+    assert abs(st_g.c_star - st_h.c_star) <= 1e-5 * st_h.c_star
+    with pytest.raises(ValueError, match="valid: auto, gradients, hooks"):
+        rank1lib.task_statistics(net, loss_fn, batches, method="vmap")
+
+
+class _Centred(torch.nn.Module):
+    """Samples of a batch interact: the batch mean is subtracted (as batch statistics would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.lin(torch.tanh(x - x.mean(0, keepdim=True)))
+
+
+def test_interacting_samples_take_the_hook_route():
+    """Per-sample gradients of samples taken alone are not the gradients of each sample's loss in its
+    batch when samples interact: 'auto' notices on the first batch and uses the hooks, 'gradients'
+    refuses. Reference: the dense Jacobian of the batch's losses."""
+    torch.manual_seed(3)
+    model = _Centred()
+    batches = [(torch.randn(6, 4) * 3, torch.randn(6)) for _ in range(2)]
+
+    def loss(m, b):
+        return (m(b[0])[:, 0] - b[1]) ** 2
+    names, params = zip(*model.named_parameters())
+    G = []
+    for b in batches:
+        def batch_losses(*ps, b=b):
+            return loss(lambda x: torch.func.functional_call(model, dict(zip(names, ps)), (x,)), b)
+        jac = torch.autograd.functional.jacobian(batch_losses, params)
+        G.append(torch.cat([j.reshape(6, -1) for j in jac], dim=1).double())
+    G = torch.cat(G)
+    mu = G.mean(0)
+    c_ref = float((G @ mu).pow(2).mean() / mu.dot(mu) ** 2)
+    st = rank1lib.task_statistics(model, loss, batches)
+    assert (st.mu.double() - mu).abs().max() <= 1e-5 * mu.abs().max()
+    assert abs(st.c_star - c_ref) <= 1e-5 * c_ref
+    with pytest.raises(ValueError, match="do not add up"):
+        rank1lib.task_statistics(model, loss, batches, method="gradients")

@@ -77,7 +77,7 @@ def test_statistics_fall_back_to_the_double_backward_where_hooks_cannot_follow(m
                             (_Custom(), 3)):  # no hook path at all: every batch
         batches = [(torch.randn(4, 6), torch.randn(4)) for _ in range(3)]
         calls.clear()
-        st = rank1lib.task_statistics(model, _mse, batches)
+        st = rank1lib.task_statistics(model, _mse, batches, method="hooks")
         G = torch.cat([_loop_G(model, _mse, b, 4) for b in batches])
         mu = G.mean(0)
         c_ref = float((G @ mu).pow(2).mean() / mu.dot(mu) ** 2)
@@ -101,7 +101,7 @@ def test_statistics_of_dict_batches_larger_than_the_check(monkeypatch):
         return real(m, loss, batch, *rest)
     monkeypatch.setattr(consolidate, "_dots_double_backward", counted)
     loss = lambda m, b: (m(b["x"])[:, 0] - b["y"]) ** 2  # noqa: E731
-    st = rank1lib.task_statistics(model, loss, batches)
+    st = rank1lib.task_statistics(model, loss, batches, method="hooks")
     assert calls == [consolidate.CHECK]
     G = torch.cat([_loop_G(model, lambda m, b: loss(m, {"x": b[0], "y": b[1]}), (b["x"], b["y"]), 20)
                    for b in batches])

@@ -135,11 +135,17 @@ def _g_fits(batches, params):
     return auto_route(n, sum(p.numel() for p in params), params[0].device) == "gradients"
 
 
-def _summed_grad(model, per_sample_loss, batch, params):
-    """(n, flat gradient of the summed loss) for one batch; checks the loss's shape."""
+def _losses(model, per_sample_loss, batch):
+    """per_sample_loss(model, batch), checked to be one loss per sample."""
     losses = per_sample_loss(model, batch)
     if losses.dim() != 1:
         raise ValueError(f"per_sample_loss must return a (n,) tensor, got shape {tuple(losses.shape)}")
+    return losses
+
+
+def _summed_grad(model, per_sample_loss, batch, params):
+    """(n, flat gradient of the summed loss) for one batch."""
+    losses = _losses(model, per_sample_loss, batch)
     return len(losses), torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses.sum(), params)])
 
 
@@ -165,13 +171,20 @@ def _stats_by_gradients(model, per_sample_loss, batches, names, params, diag, pr
                                  "the samples of a batch interact (use method='hooks')")
             return None
         G.append(g)
-    zero = torch.zeros((), dtype=torch.float64, device=params[0].device)
-    n = int(distributed.all_sum(zero + sum(len(g) for g in G)).item())
-    mu = distributed.all_sum(sum((g.sum(0, dtype=torch.float64) for g in G),
-                                 torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=zero.device))) / n
-    sq_dots = distributed.all_sum(zero + sum(((g.double() @ mu).pow(2).sum() for g in G), zero))
-    d2 = distributed.all_sum(sum((g.double().pow(2).sum(0) for g in G), torch.zeros_like(mu))) if diag else None
-    return _result(mu, sq_dots, n, params, names, d2)
+    dev = params[0].device
+    mu = torch.zeros(sum(p.numel() for p in params), dtype=torch.float64, device=dev)
+    for g in G:
+        mu += g.sum(0, dtype=torch.float64)
+    n = int(distributed.all_sum(torch.tensor([sum(len(g) for g in G)], dtype=torch.float64, device=dev)).item())
+    mu = distributed.all_sum(mu) / n
+    sq_dots = torch.zeros((), dtype=torch.float64, device=dev)
+    d2 = torch.zeros_like(mu) if diag else None
+    for g in G:
+        g64 = g.double()
+        sq_dots += (g64 @ mu).pow(2).sum()
+        if diag:
+            d2 += g64.pow(2).sum(0)
+    return _result(mu, distributed.all_sum(sq_dots), n, params, names, distributed.all_sum(d2) if diag else None)
 
 
 def _result(mu_flat, sq_dots, n, params, names, d2):
@@ -188,9 +201,7 @@ def _task_statistics(model, per_sample_loss, batches, names, params, diag, progr
     n = 0
     bar = tqdm(total=2 * len(batches), desc="task statistics", disable=not progress, leave=False)
     for batch in batches:  # pass 1: sum_i g_i
-        losses = per_sample_loss(model, batch)
-        if losses.dim() != 1:
-            raise ValueError(f"per_sample_loss must return a (n,) tensor, got shape {tuple(losses.shape)}")
+        losses = _losses(model, per_sample_loss, batch)
         for m, g in zip(mu, torch.autograd.grad(losses.sum(), params)):
             m += g.double()
         n += len(losses)

@@ -94,7 +94,11 @@ def _save_json(obj, path):
 
 
 def _load(path, as_json):
-    return json.loads(path.read_text()) if as_json else torch.load(path, weights_only=False)
+    """A cached JSON or torch file; tensors saved on a GPU load onto the CPU where there is none (a run
+    started on a GPU machine continues on a CPU one)."""
+    if as_json:
+        return json.loads(path.read_text())
+    return torch.load(path, map_location=None if torch.cuda.is_available() else "cpu", weights_only=False)
 
 
 def cached(path, compute, as_json=False):

@@ -13,7 +13,7 @@ import torch
 from . import fisher
 from .analysis import analysis_data
 from .bench import benchmark
-from .consolidate import CHECK, auto_route
+from .consolidate import CHECK
 from .models import build_unet, n_params
 from .store import REPO, device_name
 from .train import pick_device
@@ -65,18 +65,30 @@ def gram_vs_dense(cfg, net, p_dense, k=5):
 
 
 def batched_vs_loop(cfg, net):
-    """mu and c* batched (the public API's route 'auto': stacked vmap per-sample gradients where they fit,
-    else summed backward + layer hooks) against one backward per sample."""
+    """mu and c* batched (the public API's route 'auto': stacked per-sample gradients where they fit,
+    else summed backward + layer hooks) against one backward per sample; the route is the one taken."""
     x, y = analysis_data(cfg, cfg.dataset)
     n = cfg.mu_samples
     fisher.mu_c_star(net, x, y, 2, seed=0)  # warm-up of both paths
     fisher.mu_c_star_loop(net, x, y, 2, seed=0)
-    t_b, (mu, c) = _timed(lambda: fisher.mu_c_star(net, x, y, n, seed=5, chunk=64))
+    t_b, st = _timed(lambda: fisher.task_stats(net, x, y, n, seed=5, chunk=64))
     t_l, (mu_ref, c_ref) = _timed(lambda: fisher.mu_c_star_loop(net, x, y, n, seed=5))
-    mu_err = float((mu - mu_ref).abs().max() / mu_ref.abs().max())
-    route = auto_route(n, n_params(net), next(net.parameters()).device)
-    return {"N": n, "t_batched": t_b, "t_loop": t_l, "mu_err": mu_err, "c_err": abs(c - c_ref) / abs(c_ref),
-            "route": route}
+    mu_err = float((st.mu - mu_ref).abs().max() / mu_ref.abs().max())
+    return {"N": n, "t_batched": t_b, "t_loop": t_l, "mu_err": mu_err,
+            "c_err": abs(st.c_star - c_ref) / abs(c_ref), "route": st.route}
+
+
+def per_sample_methods(cfg, net, n=256, chunk=64):
+    """Seconds for the per-sample gradients of n joint samples by layer hooks and by vmap (the measurement
+    behind fisher.AUTO_METHOD), and their largest difference relative to max |g|."""
+    _, _, (x0, y, t, eps) = _samples(cfg, n, seed=13)
+    out = {}
+    for m in ("hooks", "vmap"):
+        fisher.per_sample_grads(net, x0[:chunk], y[:chunk], t[:chunk], eps[:chunk], chunk=chunk, method=m)  # warm-up
+        out[m] = _timed(lambda: fisher.flatten_grads(
+            fisher.per_sample_grads(net, x0, y, t, eps, chunk=chunk, method=m), fisher.param_names(net)), repeat=3)
+    diff = float((out["hooks"][1] - out["vmap"][1]).abs().max() / out["vmap"][1].abs().max())
+    return {"N": n, "chunk": chunk, "t_hooks": out["hooks"][0], "t_vmap": out["vmap"][0], "diff": diff}
 
 
 def cl_gram_peak(n, block_bytes=None):
@@ -117,6 +129,7 @@ def bench_fisher(cfg):
     net = build_unet(cfg.analysis_model, 10).to(dev)
     gd = gram_vs_dense(cfg, net, P_DENSE.get(cfg.name, 3000))
     bl = batched_vs_loop(cfg, net)
+    ps = per_sample_methods(cfg, net)
     mem = cl_peak(cfg.cl_fisher_samples) if cfg.cl_fisher_samples else None  # 0: not analysed at this profile
     cuda = mem is not None and "peak_cuda_gb" in mem
     peak = None if mem is None else mem["peak_cuda_gb"] if cuda else mem["peak_rss_gb"]
@@ -132,15 +145,20 @@ def bench_fisher(cfg):
          "setting": f"{cfg.analysis_model}, N = {bl['N']} (x0, t, noise) joint samples"},
         {"measure": "c*: batched vs loop (rel. err.)", "value": bl["c_err"], "goal": "<= 1e-5", "setting": ""},
         {"measure": "batched mu, c* time (s)", "value": bl["t_batched"], "goal": "",
-         "setting": "task_statistics, chunks of 64, " + (
-             "per-sample gradients G by vmap, then mu = G^T 1/N and mu^T g_i = (G mu)_i (G fits the "
-             f"memory budget; its first {CHECK} samples checked against a summed backward)"
-             if bl["route"] == "gradients" else
+         "setting": f"task_statistics, chunks of 64, route {bl['route']}: " + (
+             f"per-sample gradients G, then mu = G^T 1/N and mu^T g_i = (G mu)_i (G fits the memory budget; "
+             f"its first {CHECK} samples checked against a summed backward)"
+             if bl["route"].startswith("gradients") else
              "backward of the summed loss, then one forward + backward with layer hooks for mu^T g_i "
              f"(its first {CHECK} samples checked by a double backward)")},
         {"measure": "loop mu, c* time (s)", "value": bl["t_loop"], "goal": "", "setting": "one backward per sample"},
         {"measure": "batched vs loop speed-up", "value": bl["t_loop"] / bl["t_batched"], "goal": ">= 5x on CPU",
          "setting": ""},
+        {"measure": "per-sample gradients by layer hooks (s)", "value": ps["t_hooks"], "goal": "",
+         "setting": f"{cfg.analysis_model}, N = {ps['N']}, chunks of {ps['chunk']} (best of 3)"},
+        {"measure": "per-sample gradients by vmap (s)", "value": ps["t_vmap"], "goal": "",
+         "setting": f"same samples; hooks vs vmap max |diff| / max |g| = {ps['diff']:.1e}; the faster is "
+                    f"fisher.AUTO_METHOD (now {fisher.AUTO_METHOD.get(dev.type, 'vmap')} on {dev.type})"},
     ]
     if mem is not None:
         rows.append({"measure": "Gram path on cl UNet: peak memory (GiB)", "value": peak, "goal": "",
@@ -149,6 +167,7 @@ def bench_fisher(cfg):
     summary = {"eig_max_rel_err": gd["err"], "gram_vs_dense_speedup": gd["t_dense"] / gd["t_gram"],
                "dense_P": gd["P"], "gram_N": gd["N"], "mu_max_rel_err": max(bl["mu_err"], bl["c_err"]),
                "batched_vs_loop_speedup": bl["t_loop"] / bl["t_batched"], "mu_N": bl["N"], "mu_route": bl["route"],
+               "per_sample_hooks_s": ps["t_hooks"], "per_sample_vmap_s": ps["t_vmap"], "per_sample_N": ps["N"],
                "cl_gram_peak_gb": peak, "cl_gram_peak_how": how if mem else None,
                "cl_N": mem and mem["N"], "cl_params": mem and mem["params"],
                "device": device_name(dev)}

@@ -10,7 +10,8 @@
 model, data and noise schedule; `batches` is a list (or anything iterable twice) of batches drawn the
 way training draws them (for a diffusion model: x0, t and eps sampled jointly). The statistics are
 exact for the samples given, by one of two routes (`method`): 'gradients' stacks the per-sample
-gradients G (n x P float32, torch.func.vmap) and reads mu = G^T 1 / n and mu^T g_i = (G mu)_i from it
+gradients G (n x P float32; by layer hooks or torch.func.vmap, whichever was measured faster on the
+device: rank1lib.fisher.AUTO_METHOD) and reads mu = G^T 1 / n and mu^T g_i = (G mu)_i from it
 in one pass; 'hooks' keeps no G: mu by one backward of the summed loss per batch, the products
 mu^T g_i from a second forward and backward per batch through layer hooks (rank1lib.directional;
 checked on the first 8 samples against a double backward, which is used instead for layers it cannot
@@ -73,6 +74,7 @@ class TaskStats:
     shapes: list
     n_samples: int
     diag: torch.Tensor | None = field(default=None)
+    route: str = ""  # how they were computed: 'gradients (hooks)', 'gradients (vmap)' or 'hooks'
 
 
 @contextlib.contextmanager
@@ -149,23 +151,36 @@ def _summed_grad(model, per_sample_loss, batch, params):
     return len(losses), torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses.sum(), params)])
 
 
-def _stats_by_gradients(model, per_sample_loss, batches, names, params, diag, progress, strict):
+def _stats_by_gradients(model, per_sample_loss, batches, names, params, diag, progress, strict, how=None):
     """mu = G^T 1 / n, c* = ||G mu||^2 / n / ||mu||^4 (eq. 5-6) and E[g^2] from the stacked per-sample
-    gradients G, one vmap pass. None (use the hook route) when the first CHECK samples' gradients do not
-    add up to their summed backward (samples that interact), or, unless `strict`, when the model does
-    not run under torch.func."""
+    gradients G (by layer hooks or vmap, the faster on this device: fisher.resolve_method). The first
+    CHECK samples' gradients must add up to their summed backward taken alone; where the hook gradients
+    do not (a parameter used outside its layer), vmap is tried; None (use the hook route) when vmap's do
+    not either (samples that interact), or, unless `strict`, when the model does not run under torch.func."""
+    from .fisher import resolve_method
+    how = how or ("hooks" if resolve_method("auto", params[0].device) == "hooks" else "vmap")
+    retry = partial(_stats_by_gradients, model, per_sample_loss, batches, names, params, diag, progress, strict,
+                    how="vmap")
     G = []
-    for k, batch in enumerate(tqdm(batches, desc="task statistics (per-sample gradients)", disable=not progress,
-                                   leave=False)):
+    for k, batch in enumerate(tqdm(batches, desc=f"task statistics (per-sample gradients, {how})",
+                                   disable=not progress, leave=False)):
         if k == 0:
             m, ref = _summed_grad(model, per_sample_loss, _head(batch, CHECK), params)
         try:
-            g = per_sample_gradients(model, per_sample_loss, batch, names)
-        except (RuntimeError, NotImplementedError):
+            g = per_sample_gradients(model, per_sample_loss, batch, names, method=how)
+        except NotImplementedError:
+            if how == "hooks":
+                return retry()
+            if strict:
+                raise
+            return None
+        except RuntimeError:
             if strict:
                 raise
             return None
         if k == 0 and float((g[:m].sum(0) - ref).abs().max()) > 1e-3 * float(ref.abs().max()) + 1e-30:
+            if how == "hooks":
+                return retry()
             if strict:
                 raise ValueError("per-sample gradients do not add up to the gradient of the summed loss: "
                                  "the samples of a batch interact (use method='hooks')")
@@ -184,16 +199,17 @@ def _stats_by_gradients(model, per_sample_loss, batches, names, params, diag, pr
         sq_dots += (g64 @ mu).pow(2).sum()
         if diag:
             d2 += g64.pow(2).sum(0)
-    return _result(mu, distributed.all_sum(sq_dots), n, params, names, distributed.all_sum(d2) if diag else None)
+    return _result(mu, distributed.all_sum(sq_dots), n, params, names, distributed.all_sum(d2) if diag else None,
+                   f"gradients ({how})")
 
 
-def _result(mu_flat, sq_dots, n, params, names, d2):
+def _result(mu_flat, sq_dots, n, params, names, d2, route):
     """TaskStats from mu (float64, flat), sum_i (mu^T g_i)^2, n and sum_i g_i^2 (or None)."""
     c_star = float(sq_dots / n / mu_flat.dot(mu_flat).pow(2))
     theta = torch.cat([p.detach().reshape(-1).double() for p in params])
     return TaskStats(mu=mu_flat.float().cpu(), c_star=c_star, theta_star=theta.float().cpu(), names=names,
                      shapes=[list(p.shape) for p in params], n_samples=n,
-                     diag=(d2 / n).float().cpu() if d2 is not None else None)
+                     diag=(d2 / n).float().cpu() if d2 is not None else None, route=route)
 
 
 def _task_statistics(model, per_sample_loss, batches, names, params, diag, progress):
@@ -234,7 +250,7 @@ def _task_statistics(model, per_sample_loss, batches, names, params, diag, progr
     if diag:
         d2 = distributed.all_sum(d2 if d2 is not None else torch.zeros(mu_flat.numel(), dtype=torch.float64,
                                                                        device=mu_flat.device))
-    return _result(mu_flat, sq_dots, n, params, names, d2 if diag else None)
+    return _result(mu_flat, sq_dots, n, params, names, d2 if diag else None, "hooks")
 
 
 CHECK = 8  # samples of the first batch on which the hook path is checked against the double backward
@@ -268,12 +284,30 @@ class _Bound:
 
 
 def per_sample_gradients(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.Module, Any], torch.Tensor],
-                         batch: Any, names: Sequence[str] | None = None) -> torch.Tensor:
+                         batch: Any, names: Sequence[str] | None = None, method: str = "vmap") -> torch.Tensor:
     """(n, P) float32 per-sample gradients g_i of per_sample_loss over one batch (a tensor or a tuple/dict
-    of tensors with the samples on dim 0), by torch.func.vmap(grad); parameter order as in TaskStats."""
-    from torch.utils._pytree import tree_map
+    of tensors with the samples on dim 0); parameter order as in TaskStats. `method` 'vmap':
+    torch.func.vmap(grad), each sample alone; 'hooks': one forward and backward of the batch through layer
+    hooks (rank1lib.directional.per_sample), which assumes that the samples do not interact and that every
+    parameter is used only by its own layer (task_statistics checks this on its first batch)."""
+    if method not in ("vmap", "hooks"):
+        raise ValueError(f"per_sample_gradients method {method!r}; valid: vmap, hooks")
     base = _unwrap(model)
     names, params = _selected(model, names)
+    if method == "hooks":
+        found = directional.owners(base, names)
+        if found is None:
+            raise NotImplementedError("method='hooks': a selected parameter is not in a supported layer "
+                                      f"({', '.join(m.__name__ for m in directional.SUPPORTED)})")
+        with _plain_attention(model):
+            return directional.per_sample(base, partial(per_sample_loss, model, batch), found, names)
+    return _vmap_gradients(model, per_sample_loss, batch, names, params)
+
+
+def _vmap_gradients(model, per_sample_loss, batch, names, params):
+    """(n, P) float32 per-sample gradients by torch.func.vmap(grad)."""
+    from torch.utils._pytree import tree_map
+    base = _unwrap(model)
     sub = {n: p.detach() for n, p in zip(names, params)}
 
     def one(p, sample):

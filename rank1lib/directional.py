@@ -1,4 +1,5 @@
-"""Per-sample directional derivatives u_i = v^T g_i from one batched forward and backward (for c*, eq. 5).
+"""Per-sample directional derivatives u_i = v^T g_i and per-sample gradients g_i from one batched forward
+and backward through layer hooks (for mu, c*, eq. 5-6, and the Fisher spectra).
 
 Every parameter of the book's UNets sits in a layer whose output is linear in it (Conv2d, Linear,
 GroupNorm's affine, Embedding). For such a layer, out = f(a; W), so the derivative of sample i's loss
@@ -89,3 +90,63 @@ def directional(model, losses_fn, found, v_named):
             part = along(m, a, {pn: v_named[full] for pn, full in own.items()})
             u += (gout * part).reshape(len(u), -1).sum(1, dtype=torch.float64)
     return u
+
+
+def sample_grads(m, a, gout):
+    """{param short name: (n, *shape)} per-sample gradients of one call of layer m from its input a and
+    the output gradient gout of the summed loss (row i of gout is dl_i/d out_i when samples do not interact)."""
+    n = gout.shape[0]
+    if isinstance(m, nn.Conv2d):
+        if isinstance(m.padding, str):
+            raise NotImplementedError("Conv2d with string padding")
+        cols = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (n, C_in k k, L)
+        G = m.groups
+        go = gout.reshape(n, G, -1, cols.shape[-1])
+        w = torch.einsum("ngol,ngkl->ngok", go, cols.reshape(n, G, -1, cols.shape[-1]))
+        out = {"weight": w.reshape(n, *m.weight.shape)}
+        if m.bias is not None:
+            out["bias"] = gout.sum((2, 3))
+        return out
+    if isinstance(m, nn.Linear):
+        go, aa = gout.reshape(n, -1, gout.shape[-1]), a.reshape(n, -1, a.shape[-1])
+        out = {"weight": torch.einsum("nmo,nmi->noi", go, aa)}
+        if m.bias is not None:
+            out["bias"] = go.sum(1)
+        return out
+    if isinstance(m, nn.GroupNorm):
+        dims = tuple(range(2, gout.dim()))
+        xhat = F.group_norm(a, m.num_groups, None, None, m.eps)
+        return {"weight": (gout * xhat).sum(dims), "bias": gout.sum(dims)}
+    # nn.Embedding: row a_i of the table gets gout_i
+    go = gout.reshape(n, -1, gout.shape[-1])
+    hot = F.one_hot(a.reshape(n, -1), m.num_embeddings).to(go.dtype)
+    if m.padding_idx is not None:
+        hot[..., m.padding_idx] = 0
+    return {"weight": torch.einsum("nmv,nmd->nvd", hot, go)}
+
+
+def per_sample(model, losses_fn, found, names):
+    """(n, P) float32 per-sample gradients g_i (parameter order `names`) from one forward with layer hooks
+    and one backward of the summed loss with respect to the layer outputs: per layer, the gradient of
+    sample i is formed from its own input and output gradient (an unfold and a batched product for a
+    convolution). Raises NotImplementedError when a layer call does not carry the samples on dim 0."""
+    with recording(found) as calls:
+        losses = losses_fn()
+    n = len(losses)
+    used = [(mn, a, out) for mn, a, out in calls if out.requires_grad]
+    if any(a.shape[0] != n or out.shape[0] != n for _, a, out in used):
+        raise NotImplementedError("a hooked layer does not carry the samples on dim 0")
+    outs = torch.autograd.grad(losses.sum(), [o for _, _, o in used], allow_unused=True)
+    full = {}
+    with torch.no_grad():
+        for (mn, a, _), gout in zip(used, outs):
+            if gout is None:
+                continue
+            m, own = found[mn]
+            for pn, g in sample_grads(m, a, gout).items():
+                if pn in own:
+                    key = own[pn]
+                    full[key] = full[key] + g if key in full else g
+        shapes = dict(model.named_parameters())
+        cols = [full[k].reshape(n, -1) if k in full else losses.new_zeros(n, shapes[k].numel()) for k in names]
+    return torch.cat(cols, dim=1).float()

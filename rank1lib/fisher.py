@@ -77,21 +77,28 @@ def _loss_fn(model, names, ab):
     return loss
 
 
+# The faster exact per-sample gradient path per device type, from a measurement (resolve_method).
+AUTO_METHOD = {"cpu": "vmap", "cuda": "vmap"}  # cpu: vmap 2.74 s vs hooks 3.27 s (bench fisher, base, N = 256)
+
+
 def resolve_method(method, device):
-    """'auto' -> 'vmap' on every device. Measured on a quiet 2-core CPU (base UNet, N = 256, t = 500,
-    whole Gram path): vmap 5.2 s in chunks of 32, per-sample loop 11.9 s; on CUDA vmap is the
-    batched path too. The loop stays as the test reference."""
-    if method not in ("auto", "vmap", "loop"):
-        raise ValueError(f"per-sample gradient method {method!r}; valid: auto, vmap, loop")
-    return "vmap" if method == "auto" else method
+    """'auto' -> AUTO_METHOD of the device type (vmap where unmeasured). 'hooks': layer hooks
+    (rank1lib.directional.per_sample); 'vmap': torch.func vmap(grad); 'loop': one backward per sample,
+    the test reference. Measured on a quiet 2-core CPU (base UNet, N = 256, t = 500, whole Gram path):
+    vmap 5.2 s in chunks of 32, per-sample loop 11.9 s."""
+    if method not in ("auto", "vmap", "loop", "hooks"):
+        raise ValueError(f"per-sample gradient method {method!r}; valid: auto, hooks, vmap, loop")
+    return AUTO_METHOD.get(torch.device(device).type, "vmap") if method == "auto" else method
 
 
 def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False, method="vmap"):
     """Yield (start, {name: (n, *shape)}) per chunk of samples: g_i = grad l(theta; x_t, t).
 
-    method 'vmap': torch.func vmap(grad) over the chunk; 'loop': one autograd.grad per sample
-    (same numbers, slower; the test reference); 'auto' resolves to vmap (resolve_method).
+    method 'hooks': layer hooks over the chunk (one forward, one backward; rank1lib.directional);
+    'vmap': torch.func vmap(grad) over the chunk; 'loop': one autograd.grad per sample (same numbers,
+    slower; the test reference); 'auto': resolve_method.
     """
+    from .consolidate import _selected, per_sample_gradients
     device = next(model.parameters()).device
     method = resolve_method(method, device)
     names = list(names) if names is not None else param_names(model)
@@ -106,6 +113,15 @@ def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=F
         starts = range(0, len(x0), chunk)
         for s in tqdm(starts, desc="per-sample grads", disable=not progress, leave=False):
             e = s + chunk
+            if method == "hooks":
+                batch = (x0[s:e], y[s:e], t[s:e], eps[s:e])
+                G = per_sample_gradients(model, diffusion_loss(ab), batch, names, method="hooks")
+                if s == 0:
+                    _check_rows(model, diffusion_loss(ab), batch, names, G)
+                order = _selected(model, names)[0]  # G's columns follow the model's parameter order
+                parts = G.split([named[n].numel() for n in order], dim=1)
+                yield s, {n: g.reshape(len(G), *named[n].shape) for n, g in zip(order, parts)}
+                continue
             if method == "vmap":
                 yield s, g_fn(sub, x0[s:e], y[s:e], t[s:e], eps[s:e])
                 continue
@@ -116,6 +132,16 @@ def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=F
                                                eps[i:i + 1])[0]
                 rows.append(torch.autograd.grad(li, [named[n] for n in names]))
             yield s, {n: torch.stack([r[j] for r in rows]) for j, n in enumerate(names)}
+
+
+def _check_rows(model, loss, batch, names, G):
+    """The first CHECK rows of G must add up to the gradient of those samples' summed loss taken alone
+    (else samples interact or a parameter is used outside its layer, and the hooks do not apply)."""
+    from .consolidate import CHECK, _head, _summed_grad, _selected
+    m, ref = _summed_grad(model, loss, _head(batch, CHECK), _selected(model, names)[1])
+    if float((G[:m].sum(0) - ref).abs().max()) > 1e-3 * float(ref.abs().max()) + 1e-30:
+        raise RuntimeError("per-sample gradients by layer hooks do not add up to the summed backward: "
+                           "use method='vmap'")
 
 
 def per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False, method="vmap"):
@@ -172,16 +198,21 @@ def mu_c_star(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
 
     The book's path through the public API (consolidate.task_statistics, method 'auto'): where the
     per-sample gradients G (N x P float32) fit the memory budget (the base UNet at N = 1024: 0.6 GB),
-    one vmap pass over the chunks gives G and mu = G^T 1 / N, (G mu)_i = mu^T g_i; otherwise per chunk
-    one backward of the summed loss, then layer hooks for every mu^T g_i (rank1lib.directional).
-    Returns (mu flat float32 (P,) on CPU, c_star float).
+    one pass over the chunks gives G (layer hooks or vmap: AUTO_METHOD) and mu = G^T 1 / N,
+    (G mu)_i = mu^T g_i; otherwise per chunk one backward of the summed loss, then layer hooks for every
+    mu^T g_i (rank1lib.directional). Returns (mu flat float32 (P,) on CPU, c_star float).
     """
+    st = task_stats(model, x0_uint8, y, n_samples, seed, chunk, progress)
+    return st.mu, st.c_star
+
+
+def task_stats(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
+    """mu_c_star's TaskStats (with the route taken)."""
     from .consolidate import task_statistics
     device = next(model.parameters()).device
     batches = book_batches(model, x0_uint8, y, n_samples, seed, chunk)
     with grad_mode(model):
-        st = task_statistics(model, diffusion_loss(diffusion.alpha_bar(device)), batches, progress=progress)
-    return st.mu, st.c_star
+        return task_statistics(model, diffusion_loss(diffusion.alpha_bar(device)), batches, progress=progress)
 
 
 def mu_c_star_loop(model, x0_uint8, y, n_samples, seed):

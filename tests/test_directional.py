@@ -1,5 +1,6 @@
 """Per-sample directional derivatives through layer hooks (rank1lib.directional) against per-sample
 gradients from a plain autograd loop, and task_statistics' fallback to the double backward."""
+import pytest
 import torch
 from torch import nn
 
@@ -108,3 +109,68 @@ def test_statistics_of_dict_batches_larger_than_the_check(monkeypatch):
     mu = G.mean(0)
     assert (st.mu.double() - mu).abs().max() <= 1e-5 * mu.abs().max()
     assert abs(st.c_star - float((G @ mu).pow(2).mean() / mu.dot(mu) ** 2)) <= 1e-5 * st.c_star
+
+
+class _Zoo(nn.Module):
+    """Every supported layer in its less common forms: a grouped, strided, dilated convolution without
+    bias, a Linear on (n, L, d) inputs, an Embedding with a padding row, GroupNorm, and one layer called
+    twice in a forward (its per-sample gradients add up over the calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, bias=False)
+        self.norm = nn.GroupNorm(3, 6)
+        self.twice = nn.Conv2d(6, 6, 1)
+        self.emb = nn.Embedding(5, 6, padding_idx=0)
+        self.lin = nn.Linear(6, 3)
+
+    def forward(self, x, c):
+        h = torch.tanh(self.norm(self.conv(x))) + self.emb(c)[:, :, None, None]
+        h = self.twice(torch.tanh(self.twice(h)))
+        return self.lin(h.flatten(2).transpose(1, 2)).pow(2).mean((1, 2))
+
+
+def test_hook_per_sample_gradients_equal_the_loop():
+    """directional.per_sample against one autograd.grad per sample, on the book's tiny UNet (attention,
+    time embedding, GroupNorm, class Embedding) and on _Zoo (label 0 hits the Embedding's padding row)."""
+    torch.manual_seed(4)
+    net = build_unet("tiny", 10).eval()
+    x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
+    batch = fisher.joint_samples(x, torch.arange(8) % 10, 5, seed=6)
+    with consolidate._plain_attention(net):
+        G_ref = _loop_G(net, _loss, batch, 5)
+    G = consolidate.per_sample_gradients(net, _loss, batch, method="hooks").double()
+    assert (G - G_ref).abs().max() <= 1e-5 * G_ref.abs().max()
+    zoo = _Zoo()
+    zb = (torch.randn(6, 4, 9, 9), torch.tensor([0, 1, 2, 3, 4, 0]))
+    zloss = lambda m, b: m(*b)  # noqa: E731
+    G_ref = _loop_G(zoo, zloss, zb, 6)
+    G = consolidate.per_sample_gradients(zoo, zloss, zb, method="hooks").double()
+    assert (G - G_ref).abs().max() <= 1e-5 * G_ref.abs().max()
+
+
+def test_hook_gradients_are_checked_and_fall_back_to_vmap(monkeypatch):
+    """With hooks as the measured 'auto' path, task_statistics' gradient route checks the hook gradients
+    on its first batch: a weight used outside its layer (_Sneaky) or a parameter outside any supported
+    layer (_Custom) sends it to vmap, and the statistics equal the dense reference."""
+    monkeypatch.setitem(fisher.AUTO_METHOD, "cpu", "hooks")
+    used = []
+    real = consolidate.per_sample_gradients
+    monkeypatch.setattr(consolidate, "per_sample_gradients",
+                        lambda *a, method="vmap": used.append(method) or real(*a, method=method))
+    for model, want in ((nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)), ["hooks"] * 3),
+                        (_Sneaky(), ["hooks"] + ["vmap"] * 3), (_Custom(), ["hooks"] + ["vmap"] * 3)):
+        torch.manual_seed(5)
+        batches = [(torch.randn(4, 6), torch.randn(4)) for _ in range(3)]
+        used.clear()
+        st = rank1lib.task_statistics(model, _mse, batches, method="gradients")
+        assert used == want, type(model).__name__
+        G = torch.cat([_loop_G(model, _mse, b, 4) for b in batches])
+        mu = G.mean(0)
+        assert (st.mu.double() - mu).abs().max() <= 1e-5 * mu.abs().max()
+        assert abs(st.c_star - float((G @ mu).pow(2).mean() / mu.dot(mu) ** 2)) <= 1e-5 * st.c_star
+    batch = (torch.randn(4, 6), torch.randn(4))
+    names = fisher.param_names(_Sneaky())
+    sneaky = _Sneaky()
+    with pytest.raises(RuntimeError, match="use method='vmap'"):
+        fisher._check_rows(sneaky, _mse, batch, names, real(sneaky, _mse, batch, method="hooks"))

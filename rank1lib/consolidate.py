@@ -151,6 +151,13 @@ def _summed_grad(model, per_sample_loss, batch, params):
     return len(losses), torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses.sum(), params)])
 
 
+def _adds_up(model, per_sample_loss, batch, params, G):
+    """Whether the first CHECK rows of G add up to the gradient of those samples' summed loss taken
+    alone (they do not when samples interact or a parameter is used outside its own layer)."""
+    m, ref = _summed_grad(model, per_sample_loss, _head(batch, CHECK), params)
+    return float((G[:m].sum(0) - ref).abs().max()) <= 1e-3 * float(ref.abs().max()) + 1e-30
+
+
 def _stats_by_gradients(model, per_sample_loss, batches, names, params, diag, progress, strict, how=None):
     """mu = G^T 1 / n, c* = ||G mu||^2 / n / ||mu||^4 (eq. 5-6) and E[g^2] from the stacked per-sample
     gradients G (by layer hooks or vmap, the faster on this device: fisher.resolve_method). The first
@@ -158,14 +165,12 @@ def _stats_by_gradients(model, per_sample_loss, batches, names, params, diag, pr
     do not (a parameter used outside its layer), vmap is tried; None (use the hook route) when vmap's do
     not either (samples that interact), or, unless `strict`, when the model does not run under torch.func."""
     from .fisher import resolve_method
-    how = how or ("hooks" if resolve_method("auto", params[0].device) == "hooks" else "vmap")
+    how = how or resolve_method("auto", params[0].device)  # 'hooks' or 'vmap' (fisher.AUTO_METHOD)
     retry = partial(_stats_by_gradients, model, per_sample_loss, batches, names, params, diag, progress, strict,
                     how="vmap")
     G = []
     for k, batch in enumerate(tqdm(batches, desc=f"task statistics (per-sample gradients, {how})",
                                    disable=not progress, leave=False)):
-        if k == 0:
-            m, ref = _summed_grad(model, per_sample_loss, _head(batch, CHECK), params)
         try:
             g = per_sample_gradients(model, per_sample_loss, batch, names, method=how)
         except NotImplementedError:
@@ -178,7 +183,7 @@ def _stats_by_gradients(model, per_sample_loss, batches, names, params, diag, pr
             if strict:
                 raise
             return None
-        if k == 0 and float((g[:m].sum(0) - ref).abs().max()) > 1e-3 * float(ref.abs().max()) + 1e-30:
+        if k == 0 and not _adds_up(model, per_sample_loss, batch, params, g):
             if how == "hooks":
                 return retry()
             if strict:

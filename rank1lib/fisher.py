@@ -110,17 +110,18 @@ def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=F
         sub = {n: named[n].detach() for n in names}
         loss = _loss_fn(model, names, ab)
         g_fn = vmap(grad(loss), in_dims=(None, 0, 0, 0, 0), randomness="different")
+        hook_loss = diffusion_loss(ab)
+        order = _selected(model, names)[0]  # the hook path's columns follow the model's parameter order
+        sizes = [named[n].numel() for n in order]
         starts = range(0, len(x0), chunk)
         for s in tqdm(starts, desc="per-sample grads", disable=not progress, leave=False):
             e = s + chunk
             if method == "hooks":
                 batch = (x0[s:e], y[s:e], t[s:e], eps[s:e])
-                G = per_sample_gradients(model, diffusion_loss(ab), batch, names, method="hooks")
+                G = per_sample_gradients(model, hook_loss, batch, names, method="hooks")
                 if s == 0:
-                    _check_rows(model, diffusion_loss(ab), batch, names, G)
-                order = _selected(model, names)[0]  # G's columns follow the model's parameter order
-                parts = G.split([named[n].numel() for n in order], dim=1)
-                yield s, {n: g.reshape(len(G), *named[n].shape) for n, g in zip(order, parts)}
+                    _check_rows(model, hook_loss, batch, names, G)
+                yield s, {n: g.reshape(len(G), *named[n].shape) for n, g in zip(order, G.split(sizes, dim=1))}
                 continue
             if method == "vmap":
                 yield s, g_fn(sub, x0[s:e], y[s:e], t[s:e], eps[s:e])
@@ -135,11 +136,9 @@ def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=F
 
 
 def _check_rows(model, loss, batch, names, G):
-    """The first CHECK rows of G must add up to the gradient of those samples' summed loss taken alone
-    (else samples interact or a parameter is used outside its layer, and the hooks do not apply)."""
-    from .consolidate import CHECK, _head, _summed_grad, _selected
-    m, ref = _summed_grad(model, loss, _head(batch, CHECK), _selected(model, names)[1])
-    if float((G[:m].sum(0) - ref).abs().max()) > 1e-3 * float(ref.abs().max()) + 1e-30:
+    """Raise unless the hook gradients G pass consolidate's first-batch check (consolidate._adds_up)."""
+    from .consolidate import _adds_up, _selected
+    if not _adds_up(model, loss, batch, _selected(model, names)[1], G):
         raise RuntimeError("per-sample gradients by layer hooks do not add up to the summed backward: "
                            "use method='vmap'")
 

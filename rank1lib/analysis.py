@@ -191,6 +191,17 @@ def spectrum(cfg, dataset=None, seed=0, arch=None, progress=True):
                                          f"{set_args(cfg, ('dataset', 'analysis_model'))}")
 
 
+def seed_spread(values, keys=("r", "err_rank1", "err_diag")) -> dict:
+    """Mean and standard error of the mean over seeds (one spectrum record's values per seed) of per-t
+    statistics: {'t', 'n_seeds', key: (T,), key + '_se': (T,)} (Fig. 3 with error bars)."""
+    out = {"t": list(values[0]["t"]), "n_seeds": len(values)}
+    for k in keys:
+        a = np.array([v[k] for v in values], dtype=float)
+        out[k] = a.mean(0)
+        out[f"{k}_se"] = a.std(0, ddof=1) / math.sqrt(len(a)) if len(a) > 1 else np.zeros(a.shape[1])
+    return out
+
+
 @experiment("vae", "App. C: share of the top Fisher eigenvalue, VAE (beta = 1, 1e-3) vs DDPM")
 def vae_share(cfg, dataset=None, seed=0, progress=True):
     """App. C: lambda1 / sum(lambda) for an MSE+KL VAE, the same with KL x 1e-3, and the DDPM per t."""

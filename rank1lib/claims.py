@@ -134,13 +134,13 @@ def _c1(cfg):
     return f"MSE {m[0]:.3f} at t = 100 -> {m[-1]:.4f} at t = 900", checks, [rec]
 
 
-def _spec(cfg, arch=None):
+def _spec(cfg, arch=None, seed=0):
     from .analysis import spectrum
-    return _get(spectrum, cfg, arch=arch)
+    return _get(spectrum, cfg, arch=arch, seed=seed)
 
 
-def _c2(cfg):
-    rec = _spec(cfg)
+def _c2(cfg, seed=0):
+    rec = _spec(cfg, seed=seed)
     if rec is None:
         return None
     t, cos = np.array(rec.values["t"]), rec.arrays["cos"].mean(1)
@@ -149,8 +149,8 @@ def _c2(cfg):
     return f"mean |cos(g_i, mu_t)| {early:.2f} (t < 500), {late:.2f} (t >= 500)", checks, [rec]
 
 
-def _c3(cfg):
-    rec = _spec(cfg)
+def _c3(cfg, seed=0):
+    rec = _spec(cfg, seed=seed)
     if rec is None:
         return None
     m = np.array(rec.values["mu_cos"])
@@ -159,8 +159,8 @@ def _c3(cfg):
     return f"cos(mu_t, mu_t') from {off.min():.2f} to {off.max():.2f} (mean {off.mean():.2f})", checks, [rec]
 
 
-def _c4(cfg):
-    rec = _spec(cfg)
+def _c4(cfg, seed=0):
+    rec = _spec(cfg, seed=seed)
     if rec is None:
         return None
     v = rec.values
@@ -173,8 +173,8 @@ def _c4(cfg):
             f"{gap:.1f}"), checks, [rec]
 
 
-def _c5(cfg):
-    rec = _spec(cfg)
+def _c5(cfg, seed=0):
+    rec = _spec(cfg, seed=seed)
     if rec is None:
         return None
     v = rec.values
@@ -350,6 +350,22 @@ def ledger(profile) -> list:
                 row["why_not_evidence"] = gate
             row["settings"] = [_settings(r, result=f"{r['experiment']}/{r['name']}") for r in recs]
         rows.append(row)
+    return rows
+
+
+SEEDED = ("C2", "C3", "C4", "C5")  # claims read from one spectrum run: their rules apply to any seed
+
+
+def by_seed(profile, ids=SEEDED) -> list:
+    """Each claim's rule applied to every stored seed of the profile (the ledger rates seed 0):
+    [{'id', 'seed', 'outcome', 'ours'}]; seeds not in the store are left out."""
+    cfg = load_profile(profile)
+    rows = []
+    for i in ids:
+        for seed in cfg.seeds:
+            out = EVALUATORS[i](cfg, seed=seed)
+            if out is not None:
+                rows.append({"id": i, "seed": seed, "outcome": _verdict(out[1]), "ours": out[0]})
     return rows
 
 

@@ -30,30 +30,54 @@ def spectrum_values(r, err_diag=None, err_rank1=None, share=None, mu_cos=0.95):
 
 def test_c4_agrees_partly_or_not_by_its_rule(monkeypatch):
     paper_like = [0.3, 0.1, 0.08, 0.06, 0.04, 0.03, 0.022, 0.03, 0.05]
-    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None: fake(spectrum_values(paper_like)))
+    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None, seed=0: fake(spectrum_values(paper_like)))
     ours, checks, _ = claims._c4(None)
     assert claims._verdict(checks) == "agree" and "0.022 at t = 700" in ours
     # r_100 fine and the gap >= 10, but the minimum sits at t = 900 and is 0.09: 2 of 3 checks
     late_min = [0.3, 0.095, 0.095, 0.095, 0.095, 0.095, 0.095, 0.095, 0.09]
-    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None: fake(spectrum_values(late_min)))
+    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None, seed=0: fake(spectrum_values(late_min)))
     assert claims._verdict(claims._c4(None)[1]) == "partial"
     flat = [0.7] * 9
-    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None: fake(spectrum_values(flat)))
+    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None, seed=0: fake(spectrum_values(flat)))
     assert claims._verdict(claims._c4(None)[1]) == "disagree"
 
 
 def test_c5_and_c7_rules(monkeypatch):
     v = spectrum_values([0.05] * 9, err_diag=[0.99] * 9, err_rank1=[0.9] * 4 + [0.3] * 5)
-    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None: fake(v))
+    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None, seed=0: fake(v))
     assert claims._verdict(claims._c5(None)[1]) == "agree"
     v = spectrum_values([0.05] * 9, err_diag=[0.9] * 9, err_rank1=[0.95] * 9)
-    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None: fake(v))
+    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None, seed=0: fake(v))
     assert claims._verdict(claims._c5(None)[1]) == "disagree"
     meds = {"small1": 0.09, "small3": 0.05, "base": 0.02}
-    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None: fake(spectrum_values([meds[arch]] * 9)))
+    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None, seed=0: fake(spectrum_values([meds[arch]] * 9)))
     assert claims._verdict(claims._c7(None)[1]) == "agree"
     meds = {"small1": 0.02, "small3": 0.3, "base": 0.05}
     assert claims._verdict(claims._c7(None)[1]) == "disagree"
+
+
+def test_rules_apply_to_every_stored_seed(monkeypatch):
+    """claims.by_seed: each spectrum claim's rule on each seed's run; a seed not in the store is left out."""
+    runs = {0: spectrum_values([0.3, 0.1, 0.08, 0.06, 0.04, 0.03, 0.022, 0.03, 0.05]),  # C4 agrees
+            1: spectrum_values([0.7] * 9)}  # C4 disagrees; seed 2 not stored
+    monkeypatch.setattr(claims, "_spec", lambda cfg, arch=None, seed=0: fake(runs[seed]) if seed in runs else None)
+    rows = claims.by_seed("cpu", ids=("C4",))
+    assert [(r["seed"], r["outcome"]) for r in rows] == [(0, "agree"), (1, "disagree")]
+    assert "r_100 = 0.700" in rows[1]["ours"]
+
+
+def test_seed_spread_is_mean_and_standard_error():
+    from scipy.stats import sem
+    from rank1lib.analysis import seed_spread
+    rng = np.random.default_rng(0)
+    vals = [{"t": T, "r": rng.random(9).tolist(), "err_rank1": rng.random(9).tolist(), "err_diag": [1.0] * 9}
+            for _ in range(3)]
+    sp = seed_spread(vals)
+    a = np.array([v["r"] for v in vals])
+    assert sp["n_seeds"] == 3 and sp["t"] == T
+    assert np.allclose(sp["r"], a.mean(0)) and np.allclose(sp["r_se"], sem(a, axis=0))
+    assert np.allclose(sp["err_diag_se"], 0.0)
+    assert np.allclose(seed_spread(vals[:1])["r_se"], 0.0)  # one seed: no spread
 
 
 def test_c13_rule(monkeypatch):

@@ -78,15 +78,16 @@ class TaskStats:
 
 
 @contextlib.contextmanager
-def _plain_attention(model):
+def _plain_attention(model, fused=False):
     """diffusers attention on its plain (math) processor while statistics are taken: the fused SDPA
-    kernels have no double backward. Same numbers; restored on exit."""
+    kernels have no double backward and no vmap rule. `fused`: SDPA instead (AttnProcessor2_0), for the
+    layer-hook engine, which needs one plain backward only. Same numbers; restored on exit."""
     mods = [m for m in _unwrap(model).modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
     saved = [(m, m.processor) for m in mods]
     if mods:
-        from diffusers.models.attention_processor import AttnProcessor
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
         for m in mods:
-            m.set_processor(AttnProcessor())
+            m.set_processor(AttnProcessor2_0() if fused else AttnProcessor())
     try:
         yield
     finally:
@@ -304,7 +305,7 @@ def per_sample_gradients(model: torch.nn.Module, per_sample_loss: Callable[[torc
         if found is None:
             raise NotImplementedError("method='hooks': a selected parameter is not in a supported layer "
                                       f"({', '.join(m.__name__ for m in directional.SUPPORTED)})")
-        with _plain_attention(model):
+        with _plain_attention(model, fused=True):
             return directional.per_sample(base, partial(per_sample_loss, model, batch), found, names)
     return _vmap_gradients(model, per_sample_loss, batch, names, params)
 

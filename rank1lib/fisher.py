@@ -78,7 +78,9 @@ def _loss_fn(model, names, ab):
 
 
 # The faster exact per-sample gradient path per device type, from a measurement (resolve_method).
-AUTO_METHOD = {"cpu": "vmap", "cuda": "vmap"}  # cpu: vmap 2.74 s vs hooks 3.27 s (bench fisher, base, N = 256)
+# cpu: quiet 2-core CPU, base UNet, N = 1024, chunks of 64 (2026-11-27): hooks 10.5 s (grouped conv
+# backward, attention on SDPA) vs vmap 13.9 s; before those two changes hooks lost (3.27 s vs 2.74 s at N = 256).
+AUTO_METHOD = {"cpu": "hooks", "cuda": "vmap"}
 
 
 def resolve_method(method, device):

@@ -270,3 +270,17 @@ def paper_table6():
     """The paper's Table 6 as printed (fine-tuning with lambda = 0)."""
     return pd.DataFrame([{"dataset": d, "final FID (paper)": v[0], "forgetting (paper)": v[1]}
                          for d, v in PAPER_T6.items()]).set_index("dataset")
+
+
+def task1_story(recs) -> str:
+    """One sentence per stored method: task 1's FID right after task 1 and after the last task (mean over
+    seeds), beside the non-continual model's A-FID, so a reader sees whether task 1 was learned at all
+    before the question of forgetting it arises."""
+    parts = []
+    for m, rs in recs.items():
+        M = fid_matrix(rs)
+        if m == "joint":
+            parts.append(f"the non-continual model scores A-FID {M[-1][~np.isnan(M[-1])].mean():.1f}")
+        elif np.isfinite(M[-1, 0]):
+            parts.append(f"{NAMES[m]}: task 1 FID {M[0, 0]:.1f} after task 1, {M[-1, 0]:.1f} after task {len(M)}")
+    return "FID on task 1 over the run: " + "; ".join(parts) + "." if parts else ""

@@ -176,3 +176,17 @@ def test_continual_training_steps_use_the_cl_switches(tmp_store, monkeypatch):
     assert seen == {"amp": "on", "compile": "on"}
     other = load_profile("ci", amp="off", compile="off", cl_amp="off", cl_compile="on")
     assert continual.run_root(cfg, "mnist-5k", 0) != continual.run_root(other, "mnist-5k", 0)
+
+
+def test_task1_story_reads_task_one_column():
+    """runs.task1_story: task 1's FID after task 1 and after the last task, averaged over seeds by hand."""
+    from types import SimpleNamespace
+    from rank1lib import runs
+    nan = None
+    gd = [SimpleNamespace(values={"fid": [[200.0, nan], [150.0, 120.0]]}),
+          SimpleNamespace(values={"fid": [[210.0, nan], [170.0, 100.0]]})]
+    joint = [SimpleNamespace(values={"fid": [[nan, nan], [90.0, 100.0]]})]
+    s = runs.task1_story({"joint": joint, "gd": gd})
+    assert "A-FID 95.0" in s  # (90 + 100) / 2
+    assert "task 1 FID 205.0 after task 1, 160.0 after task 2" in s  # means over the two seeds
+    assert runs.task1_story({}) == ""

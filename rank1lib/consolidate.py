@@ -78,7 +78,7 @@ class TaskStats:
 
 
 @contextlib.contextmanager
-def _plain_attention(model, fused=False):
+def _attention(model, fused=False):
     """diffusers attention on its plain (math) processor while statistics are taken: the fused SDPA
     kernels have no double backward and no vmap rule. `fused`: SDPA instead (AttnProcessor2_0), for the
     layer-hook engine, which needs one plain backward only. Same numbers; restored on exit."""
@@ -109,7 +109,7 @@ def task_statistics(model: torch.nn.Module, per_sample_loss: Callable[[torch.nn.
     from .fisher import full_precision
     if method not in ("auto", "gradients", "hooks"):
         raise ValueError(f"task_statistics method {method!r}; valid: auto, gradients, hooks")
-    with _plain_attention(model), full_precision():  # no TF32 on a GPU: exact float32 statistics
+    with _attention(model), full_precision():  # no TF32 on a GPU: exact float32 statistics
         names, params = _selected(model, names)
         batches = distributed.mine(batches)
         if method == "gradients" or (method == "auto" and _g_fits(batches, params)):
@@ -306,7 +306,7 @@ def per_sample_gradients(model: torch.nn.Module, per_sample_loss: Callable[[torc
         if found is None:
             raise NotImplementedError("method='hooks': a selected parameter is not in a supported layer "
                                       f"({', '.join(m.__name__ for m in directional.SUPPORTED)})")
-        with _plain_attention(model, fused=True):
+        with _attention(model, fused=True):
             return directional.per_sample(base, partial(_losses, model, per_sample_loss, batch), found, names)
     return _vmap_gradients(model, per_sample_loss, batch, names, params)
 
@@ -320,7 +320,7 @@ def _vmap_gradients(model, per_sample_loss, batch, names, params):
     def one(p, sample):
         loss = per_sample_loss(_Bound(base, p), tree_map(lambda a: a.unsqueeze(0), sample))
         return loss.reshape(-1)[0]
-    with _plain_attention(model):
+    with _attention(model):
         g = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0), randomness="different")(sub, batch)
     return torch.cat([g[n].reshape(g[n].shape[0], -1).float() for n in names], dim=1)
 

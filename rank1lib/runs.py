@@ -278,9 +278,10 @@ def task1_story(recs) -> str:
     before the question of forgetting it arises."""
     parts = []
     for m, rs in recs.items():
-        M = fid_matrix(rs)
         if m == "joint":
-            parts.append(f"the non-continual model scores A-FID {M[-1][~np.isnan(M[-1])].mean():.1f}")
-        elif np.isfinite(M[-1, 0]):
+            parts.append(f"the non-continual model scores A-FID {metric(rs, 'a_fid')[0]:.1f}")
+            continue
+        M = fid_matrix(rs)
+        if np.isfinite(M[-1, 0]):
             parts.append(f"{NAMES[m]}: task 1 FID {M[0, 0]:.1f} after task 1, {M[-1, 0]:.1f} after task {len(M)}")
     return "FID on task 1 over the run: " + "; ".join(parts) + "." if parts else ""

@@ -34,7 +34,7 @@ def test_hooks_equal_per_sample_gradients_times_v_on_a_unet_with_attention():
     found = directional.owners(net, names)
     assert found is not None and {type(m) for m, _ in found.values()} == set(directional.SUPPORTED)
     v = {n: torch.randn_like(p) for n, p in net.named_parameters()}
-    with consolidate._plain_attention(net):
+    with consolidate._attention(net):
         u = directional.directional(net, lambda: _loss(net, batch), found, v)
         G = _loop_G(net, _loss, batch, 6)
     u_ref = G @ torch.cat([v[n].reshape(-1) for n in names]).double()
@@ -137,7 +137,7 @@ def test_hook_per_sample_gradients_equal_the_loop():
     net = build_unet("tiny", 10).eval()
     x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
     batch = fisher.joint_samples(x, torch.arange(8) % 10, 5, seed=6)
-    with consolidate._plain_attention(net):
+    with consolidate._attention(net):
         G_ref = _loop_G(net, _loss, batch, 5)
     G = consolidate.per_sample_gradients(net, _loss, batch, method="hooks").double()
     assert (G - G_ref).abs().max() <= 1e-5 * G_ref.abs().max()

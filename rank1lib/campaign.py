@@ -112,6 +112,11 @@ def study_items(cfg) -> list:
                  {"model": m}, steps=max(cfg.study_steps)) for m in CANDIDATES]
 
 
+def cl_item(dataset, seed, method, lam=None) -> str:
+    """Campaign item name of one continual-learning run (lam: a lambda-sweep point, else None)."""
+    return f"cl-{dataset}-s{seed}-{method}" + (f"-lam{lam:g}" if lam is not None else "")
+
+
 def table1_items(cfg) -> list:
     """Table 1 at this tier (issue 10), in its priority order: mnist-5k seed 0 with all eight methods, the
     lambda sweep (Rank-1 + GD and Diag + GD at the other study.LAMBDAS), fmnist seed 0, mnist-5k seeds 1
@@ -145,8 +150,7 @@ def table1_items(cfg) -> list:
         n_task = 2 * (dcfg.train_per_class or PER_CLASS.get(ds, 400))
         per_task = dcfg.epochs * -(-n_task // dcfg.batch_size)
         steps = per_task * (5 if m == "joint" else 4 * (2.3 if RECIPES[m][1] else 1.0))
-        lam = f"-lam{sets['lam']:g}" if sets else ""
-        return Item(f"cl-{ds}-s{seed}-{m}{lam}", title, [Cmd("continual", ds, seed, dict(sets or {}), method=m)],
+        return Item(cl_item(ds, seed, m, (sets or {}).get("lam")), title, [Cmd("continual", ds, seed, dict(sets or {}), method=m)],
                     None, ds, seed, dict(sets or {}), steps=int(steps), blocked=why)
 
     out = [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0 (Table 1)") for m in METHODS]
@@ -288,6 +292,15 @@ def _log_ledger(cfg, entry):
         rows = json.loads(p.read_text()) if p.exists() else []
         rows.append(entry)
         store.atomic_write(p, lambda f: Path(f).write_text(json.dumps(rows, indent=1)))
+
+
+def wall_by_item(cfg) -> dict:
+    """{item: wall seconds summed over every sitting that worked on it} from the campaign ledger."""
+    p = _ledger_path(cfg)
+    out = {}
+    for row in (json.loads(p.read_text()) if p.exists() else []):
+        out[row["item"]] = out.get(row["item"], 0.0) + float(row["wall_s"])
+    return out
 
 
 def _die_with_parent():

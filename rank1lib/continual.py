@@ -25,7 +25,7 @@ from . import consolidate, data, distributed, ewc, fid, fisher, replay, store
 from .diffusion import ddim_sample
 from .models import build_unet, n_params
 from .profiles import Config
-from .train import ckpt_root, pick_device, state_root, steps_for, switch, train
+from .train import ckpt_root, drop_optimiser, pick_device, state_root, steps_for, switch, train
 
 METHODS = ("joint", "finetune", "diag", "rank1", "gd", "diag-gd", "rank1-gd", "rankk-gd")
 TABLE1 = ("joint", "diag", "rank1", "gd", "diag-gd", "rank1-gd")
@@ -265,18 +265,22 @@ def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, prog
     dlog.set_verbosity_error()  # from_pretrained's note about `accelerate` on every checkpoint load
     try:
         out = train(net, x, y, step_settings(cfg), steps=steps, seed=seed * 1_000 + k, ckpt_dir=d / "ckpt",
-                    extra_loss=extra, desc=desc, stop_after=stop_after, progress=progress, device=device)
+                    extra_loss=extra, desc=desc, stop_after=stop_after, progress=progress, device=device,
+                    final_opt=False)  # the next task starts a fresh Adam: a finished task keeps no Adam state
     finally:
         dlog.set_verbosity(level)
     if out.get("interrupted"):
         return None
+    if distributed.is_main():
+        drop_optimiser(d / "ckpt")  # tasks finished before final_opt existed (committed state)
+    train_s = out.get("train_seconds")  # optimiser time summed over every call (kept in the checkpoint)
     if info_file.exists():
         try:
-            return json.loads(info_file.read_text())
+            return {**json.loads(info_file.read_text()), "train_seconds": train_s}
         except ValueError as e:
             store.set_aside(info_file, f"not JSON: {e}")
     tail = out["losses"][-max(1, steps // 5):]
-    info = {"steps": steps, "seconds": time.time() - t0, "n_train": len(x),
+    info = {"steps": steps, "seconds": time.time() - t0, "train_seconds": train_s, "n_train": len(x),
             "final_loss": float(np.mean(tail)) if tail else None}
     if distributed.is_main():
         _save_json(info, info_file)
@@ -359,6 +363,11 @@ def floors(ev, root, T):
     return cached(root / f"floor-{eval_tag(ev.cfg)}.json", compute, as_json=True)
 
 
+def _total(seconds):
+    """Sum of the tasks' optimiser seconds, None when a task's is unknown."""
+    return None if any(v is None for v in seconds) else float(sum(seconds))
+
+
 def summarise(cfg, dataset, method, seed, scores, info, shots, net, n_fid):
     """Values and arrays stored for one run: FID and KID matrices, A-FID@k, forgetting (from FID and from
     KID), the real-vs-real floors, timings, samples."""
@@ -378,7 +387,8 @@ def summarise(cfg, dataset, method, seed, scores, info, shots, net, n_fid):
               "extractor": cfg.fid_extractor, "extractor_label": fid.LABELS[cfg.fid_extractor],
               "fid_images_per_task": n_fid,
               "task_steps": [i["steps"] for i in info], "task_seconds": [i["seconds"] for i in info],
-              "train_seconds": float(sum(i["seconds"] for i in info)),
+              "task_train_seconds": [i.get("train_seconds") for i in info],
+              "train_seconds": _total([i.get("train_seconds") for i in info]),
               "final_losses": [i["final_loss"] for i in info], "params": n_params(net),
               "sample_classes": sample_classes(dataset)}
     arrays = {"fid": M, "kid": K, "samples": torch.stack(shots).numpy()}

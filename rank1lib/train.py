@@ -103,12 +103,13 @@ def steps_for(cfg, n_images) -> int:
 
 def save_checkpoint(model, opt, step, losses, ckpt_dir: Path, seconds=0.0):
     """save_pretrained + optimiser state into ckpt_dir/last, atomically (unique temp dir, renames);
-    `seconds` is the training wall time so far (for estimates)."""
+    `seconds` is the training wall time so far (for estimates); opt None: no optimiser state (a run
+    that is finished for good, e.g. a continual task: its successor starts a fresh Adam)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))
     model.save_pretrained(tmp)
-    torch.save({"opt": opt.state_dict(), "step": step, "losses": losses, "seconds": seconds},
+    torch.save({"opt": opt.state_dict() if opt is not None else None, "step": step, "losses": losses, "seconds": seconds},
                tmp / "trainer.pt")
     old = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".old-"))
     if (ckpt_dir / "last").exists():
@@ -135,8 +136,9 @@ def checkpoint_info(ckpt_dir: Path):
         return None
 
 
-def load_checkpoint(model, opt, ckpt_dir: Path):
+def load_checkpoint(model, opt, ckpt_dir: Path, steps=None):
     """Restore weights and optimiser from ckpt_dir/last; returns (step, losses, seconds).
+    A checkpoint saved without optimiser state can only be loaded as finished (its step >= `steps`).
 
     A checkpoint killed between its renames is found in .old-*/last; an unreadable one is moved
     aside with a one-line warning and the next good one (or step 0) is used.
@@ -156,11 +158,27 @@ def load_checkpoint(model, opt, ckpt_dir: Path):
             if distributed.is_main():
                 set_aside(d, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             continue
+        if opt is not None and state["opt"] is None and (steps is None or state["step"] < steps):
+            raise ValueError(f"{d} was saved as finished (no optimiser state) at step {state['step']}; "
+                             f"it cannot be trained on to {steps} steps: use a new checkpoint folder")
         model.load_state_dict(loaded.state_dict())
-        if opt is not None:
+        if opt is not None and state["opt"] is not None:
             opt.load_state_dict(state["opt"])
         return state["step"], state["losses"], state.get("seconds", 0.0)
     return 0, [], 0.0
+
+
+def drop_optimiser(ckpt_dir: Path) -> bool:
+    """Rewrite ckpt_dir/last/trainer.pt without its optimiser state (atomically); True if it had one."""
+    f = Path(ckpt_dir) / "last" / "trainer.pt"
+    if not f.exists():
+        return False
+    state = torch.load(f, map_location="cpu", weights_only=False)
+    if state.get("opt") is None:
+        return False
+    from .store import atomic_write
+    atomic_write(f, lambda tmp: torch.save({**state, "opt": None}, tmp))
+    return True
 
 
 def save_snapshot(model, step, snap_dir: Path, seconds=0.0):
@@ -194,11 +212,13 @@ def make_adam(model, cfg, device):
 
 
 def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, desc="train",
-          stop_after=None, progress=True, device=None, snapshot_dir=None, snapshot_at=()):
+          stop_after=None, progress=True, device=None, snapshot_dir=None, snapshot_at=(), final_opt=True):
     """Train eps_theta with L_simple (+ extra_loss(model, step)) for `steps` Adam steps; resumable.
 
     x: uint8 images (N, C, 32, 32), y: labels. stop_after simulates an interruption (tests).
     snapshot_at: optimiser steps (0 = initialisation) whose weights go to snapshot_dir.
+    final_opt False: the last checkpoint drops the optimiser state (~2/3 of its size for Adam), for runs
+    never trained further (drop_optimiser does the same to an existing finished checkpoint).
     A NaN/inf loss stops the run with NonFiniteLoss (the checkpoint keeps the last good state).
     Returns {"losses", "steps", "images_per_s", "train_seconds"}.
     Data-parallel under a launcher: each rank trains on its share of the global batch (the batch size
@@ -211,7 +231,7 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
     x, y = x.to(device), y.to(device)
     ab = alpha_bar(device)
     opt = make_adam(model, cfg, device)
-    start, losses, seconds = load_checkpoint(model, opt, ckpt_dir) if ckpt_dir else (0, [], 0.0)
+    start, losses, seconds = load_checkpoint(model, opt, ckpt_dir, steps) if ckpt_dir else (0, [], 0.0)
     snapshot_at = set(snapshot_at) if snapshot_dir else set()
     if start == 0 and 0 in snapshot_at and main:
         save_snapshot(model, 0, snapshot_dir)
@@ -289,7 +309,7 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
         raise
     elapsed = time.time() - t0
     if ckpt_dir and main:
-        save_checkpoint(model, opt, steps, losses, Path(ckpt_dir), seconds + elapsed)
+        save_checkpoint(model, opt if final_opt else None, steps, losses, Path(ckpt_dir), seconds + elapsed)
     distributed.barrier()
     return {"losses": losses, "steps": steps, "images_per_s": done * b / elapsed if elapsed > 0 else None,
             "train_seconds": seconds + elapsed}

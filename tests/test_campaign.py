@@ -44,6 +44,31 @@ def test_deadline_saves_checkpoint_and_resume_matches(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), net.state_dict().values()))
 
 
+def test_finished_checkpoint_without_optimiser_loads_as_done_and_refuses_more_steps(tmp_path):
+    from rank1lib.train import drop_optimiser
+    cfg = load_profile("ci", batch_size=8, ckpt_every=2)
+    x, y = _data()
+    a, b = tmp_path / "a", tmp_path / "b"
+    ref = _net()
+    train(ref, x, y, cfg, steps=4, seed=0, ckpt_dir=a, progress=False)
+    net = _net()
+    train(net, x, y, cfg, steps=4, seed=0, ckpt_dir=b, progress=False, final_opt=False)
+    assert all(torch.equal(u, v) for u, v in zip(ref.state_dict().values(), net.state_dict().values()))
+    st_a = torch.load(a / "last" / "trainer.pt", weights_only=False)
+    st_b = torch.load(b / "last" / "trainer.pt", weights_only=False)
+    assert st_a["opt"] is not None and st_b["opt"] is None and st_a["step"] == st_b["step"] == 4
+    assert (b / "last" / "trainer.pt").stat().st_size < (a / "last" / "trainer.pt").stat().st_size / 2
+    again = _net(seed=3)  # loaded as finished: the stored weights, no training
+    out = train(again, x, y, cfg, steps=4, seed=0, ckpt_dir=b, progress=False)
+    assert out["losses"] == st_b["losses"]
+    assert all(torch.equal(u, v) for u, v in zip(net.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="no optimiser state"):
+        train(_net(), x, y, cfg, steps=6, seed=0, ckpt_dir=b, progress=False)
+    assert drop_optimiser(a) and not drop_optimiser(a)  # an existing finished checkpoint, once
+    assert torch.load(a / "last" / "trainer.pt", weights_only=False)["opt"] is None
+    assert load_checkpoint(_net(), None, a)[0] == 4
+
+
 def test_non_finite_loss_stops_with_one_line(tmp_path):
     cfg = load_profile("ci", batch_size=8, ckpt_every=0, lr=1e9)
     x, y = _data()

@@ -52,11 +52,21 @@ def test_rank1_with_lambda_zero_is_finetuning(runs):
 def test_interrupted_then_resumed_equals_uninterrupted(runs, tmp_path, monkeypatch):
     ref_v, ref_a = runs["rank1-gd"]
     monkeypatch.setenv("RANK1_CKPT", str(tmp_path))
+    import torch
+    from rank1lib.train import checkpoint_info
     assert continual.run(cfg(), "mnist-5k", "rank1-gd", 0, progress=False, stop_at=(2, 1)) is None
+    root = continual.run_root(cfg(), "mnist-5k", 0)
+    ckpts = [root / continual.lineage(cfg(), "rank1-gd", k) / f"task{k + 1}" / "ckpt" for k in range(5)]
+    assert checkpoint_info(ckpts[2])[0] == 1  # stopped inside task 3
     v, a = continual.run(cfg(), "mnist-5k", "rank1-gd", 0, progress=False)
     np.testing.assert_array_equal(a["fid"], ref_a["fid"])
     np.testing.assert_array_equal(a["samples"], ref_a["samples"])
     assert v["final_losses"] == ref_v["final_losses"]
+    # optimiser time of every task is the checkpoint's, summed over both calls (not the last call's wall time)
+    assert v["task_train_seconds"] == [checkpoint_info(c)[1] for c in ckpts]
+    assert v["train_seconds"] == pytest.approx(sum(v["task_train_seconds"]))
+    # finished tasks keep no Adam state: the next task starts a fresh one
+    assert all(torch.load(c / "last" / "trainer.pt", weights_only=False)["opt"] is None for c in ckpts)
 
 
 def test_bad_method():
@@ -190,3 +200,33 @@ def test_task1_story_reads_task_one_column():
     assert "A-FID 95.0" in s  # the stored A-FID
     assert "task 1 FID 205.0 after task 1, 160.0 after task 2" in s  # means over the two seeds
     assert runs.task1_story({}) == ""
+
+
+def test_table3_hours_images_per_second_and_campaign_wall():
+    """runs.table3 by hand: optimiser hours and images/s from task_train_seconds, '—' for records stored
+    before those were kept, the campaign's wall summed over sittings (campaign.wall_by_item)."""
+    from rank1lib import campaign, runs, store
+
+    def rec(seed, seconds, steps, new=True):
+        v = {"seed": seed, "task_steps": steps, "train_seconds": float(sum(seconds)), "task_seconds": seconds}
+        if new:
+            v["task_train_seconds"] = seconds
+        return store.Result(values=v, config={"batch_size": 128}, provenance={"device": "CPU (x86_64, 2 cores)"})
+    recs = {"gd": [rec(0, [1800.0, 1800.0], [900, 900]), rec(1, [3600.0, 3600.0], [900, 900])],
+            "finetune": [rec(0, [5.0, 7.0], [900, 900], new=False)]}
+    wall = {"cl-mnist-5k-s0-gd": 7200.0, "cl-mnist-5k-s1-gd": 14400.0, "cl-mnist-5k-s0-rank1": 1.0}
+    t = runs.table3({"mnist-5k": recs}, wall)
+    gd, ft = t.loc[("mnist-5k", runs.NAMES["gd"])], t.loc[("mnist-5k", runs.NAMES["finetune"])]
+    assert gd["optimiser h (ours)"] == "1.50"  # (1 h + 2 h) / 2
+    assert gd["real img/s (ours)"] == f"{(1800 * 128 / 3600 + 1800 * 128 / 7200) / 2:.0f}"
+    assert gd["campaign wall h (ours)"] == "3.00" and gd["seeds"] == 2
+    assert ft["optimiser h (ours)"] == "—" and ft["real img/s (ours)"] == "—" and ft["campaign wall h (ours)"] == "—"
+    assert campaign.cl_item("fmnist", 2, "diag-gd", 340000.0) == "cl-fmnist-s2-diag-gd-lam340000"
+
+
+def test_wall_by_item_sums_the_ledger(tmp_store):
+    from rank1lib import campaign
+    cfg = load_profile("ci")
+    for item, w in (("a", 10.0), ("b", 1.5), ("a", 5.0)):
+        campaign._log_ledger(cfg, {"item": item, "wall_s": w})
+    assert campaign.wall_by_item(cfg) == {"a": 15.0, "b": 1.5}

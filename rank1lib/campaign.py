@@ -150,8 +150,9 @@ def table1_items(cfg) -> list:
         n_task = 2 * (dcfg.train_per_class or PER_CLASS.get(ds, 400))
         per_task = dcfg.epochs * -(-n_task // dcfg.batch_size)
         steps = per_task * (5 if m == "joint" else 4 * (2.3 if RECIPES[m][1] else 1.0))
-        return Item(cl_item(ds, seed, m, (sets or {}).get("lam")), title, [Cmd("continual", ds, seed, dict(sets or {}), method=m)],
-                    None, ds, seed, dict(sets or {}), steps=int(steps), blocked=why)
+        return Item(cl_item(ds, seed, m, (sets or {}).get("lam")), title,
+                    [Cmd("continual", ds, seed, dict(sets or {}), method=m)], None, ds, seed, dict(sets or {}),
+                    steps=int(steps), blocked=why)
 
     out = [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0 (Table 1)") for m in METHODS]
     out += [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0, lambda = {lam:g} (lambda sweep)", {"lam": lam})

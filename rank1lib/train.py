@@ -109,8 +109,8 @@ def save_checkpoint(model, opt, step, losses, ckpt_dir: Path, seconds=0.0):
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))
     model.save_pretrained(tmp)
-    torch.save({"opt": opt.state_dict() if opt is not None else None, "step": step, "losses": losses, "seconds": seconds},
-               tmp / "trainer.pt")
+    torch.save({"opt": opt.state_dict() if opt is not None else None, "step": step, "losses": losses,
+                "seconds": seconds}, tmp / "trainer.pt")
     old = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".old-"))
     if (ckpt_dir / "last").exists():
         os.replace(ckpt_dir / "last", old / "last")

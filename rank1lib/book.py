@@ -89,6 +89,12 @@ def show_provenance(rec):
     _show(f"*Source:* {provenance_line(rec)}", provenance_line(rec))
 
 
+def show_sources(by_method):
+    """show_provenance of the first record of every method in {method: [records]} (a table's sources)."""
+    for recs in by_method.values():
+        show_provenance(recs[0])
+
+
 def provenance_line(rec) -> str:
     """One line naming the device, commit, date and wall time that produced a stored result."""
     p = rec["provenance"]

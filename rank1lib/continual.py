@@ -25,7 +25,7 @@ from . import consolidate, data, distributed, ewc, fid, fisher, replay, store
 from .diffusion import ddim_sample
 from .models import build_unet, n_params
 from .profiles import Config
-from .train import ckpt_root, drop_optimiser, pick_device, state_root, steps_for, switch, train
+from .train import ckpt_root, pick_device, state_root, steps_for, switch, train
 
 METHODS = ("joint", "finetune", "diag", "rank1", "gd", "diag-gd", "rank1-gd", "rankk-gd")
 TABLE1 = ("joint", "diag", "rank1", "gd", "diag-gd", "rank1-gd")
@@ -271,8 +271,6 @@ def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, prog
         dlog.set_verbosity(level)
     if out.get("interrupted"):
         return None
-    if distributed.is_main():
-        drop_optimiser(d / "ckpt")  # tasks finished before final_opt existed (committed state)
     train_s = out.get("train_seconds")  # optimiser time summed over every call (kept in the checkpoint)
     if info_file.exists():
         try:

@@ -218,7 +218,7 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
     x: uint8 images (N, C, 32, 32), y: labels. stop_after simulates an interruption (tests).
     snapshot_at: optimiser steps (0 = initialisation) whose weights go to snapshot_dir.
     final_opt False: the last checkpoint drops the optimiser state (~2/3 of its size for Adam), for runs
-    never trained further (drop_optimiser does the same to an existing finished checkpoint).
+    never trained further; a finished checkpoint that still has it loses it when loaded (drop_optimiser).
     A NaN/inf loss stops the run with NonFiniteLoss (the checkpoint keeps the last good state).
     Returns {"losses", "steps", "images_per_s", "train_seconds"}.
     Data-parallel under a launcher: each rank trains on its share of the global batch (the batch size
@@ -236,6 +236,8 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
     if start == 0 and 0 in snapshot_at and main:
         save_snapshot(model, 0, snapshot_dir)
     if start >= steps:
+        if ckpt_dir and not final_opt and main:
+            drop_optimiser(ckpt_dir)  # finished before final_opt existed (e.g. committed state)
         return {"losses": losses, "steps": steps, "images_per_s": None, "train_seconds": seconds}
     amp = switch(cfg.amp, device)
     compile_ = switch(cfg.compile, device)

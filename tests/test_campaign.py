@@ -67,6 +67,10 @@ def test_finished_checkpoint_without_optimiser_loads_as_done_and_refuses_more_st
     assert drop_optimiser(a) and not drop_optimiser(a)  # an existing finished checkpoint, once
     assert torch.load(a / "last" / "trainer.pt", weights_only=False)["opt"] is None
     assert load_checkpoint(_net(), None, a)[0] == 4
+    c = tmp_path / "c"  # finished with its Adam state, then loaded by a run that keeps none: dropped
+    train(_net(), x, y, cfg, steps=4, seed=0, ckpt_dir=c, progress=False)
+    train(_net(), x, y, cfg, steps=4, seed=0, ckpt_dir=c, progress=False, final_opt=False)
+    assert torch.load(c / "last" / "trainer.pt", weights_only=False)["opt"] is None
 
 
 def test_non_finite_loss_stops_with_one_line(tmp_path):

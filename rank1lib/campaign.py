@@ -29,6 +29,7 @@ SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6, "m
 SEC_PER_SPECTRUM_T_1T = 42.0  # one timestep of the Gram path, base UNet, N = 1024, one thread
 SEC_PER_STUDY_EVAL_1T = 420.0  # one A-FID point of the network study (200 DDIM-50 images per task + FID)
 PER_CLASS = {"mnist-5k": 400, "fmnist": 6000}  # training images per class (estimates only)
+GD_COST = 2.3  # a step with generative distillation (128 real + 128 replay) vs a plain step (estimates only)
 EXIT_DEADLINE = 3
 _STOP = threading.Event()  # set by Ctrl-C / SIGTERM: children are asked to checkpoint and stop
 
@@ -118,14 +119,13 @@ def cl_item(dataset, seed, method, lam=None) -> str:
 
 
 def table1_items(cfg) -> list:
-    """Table 1 at this tier (issue 10), in its priority order: mnist-5k seed 0 with all eight methods, the
-    lambda sweep (Rank-1 + GD and Diag + GD at the other study.LAMBDAS), fmnist seed 0, mnist-5k seeds 1
-    and 2 for the Table-1 methods. Blocked until the profile's `model` and `epochs` are the network
+    """Table 1 at this tier (issue 10), in its priority order: mnist-5k seed 0 with all eight methods,
+    Rank-1 + GD at the other study.LAMBDAS (the sweep that chooses lambda), fmnist seed 0, mnist-5k seeds 1
+    and 2 for the Table-1 methods, then Diag + GD at the other lambdas (the rest of the sweep). Blocked until the profile's `model` and `epochs` are the network
     study's choice (study.choose), and the later ones until its `lam` is the sweep's (study.choose_lam),
     so that no run uses settings that were not measured."""
     from . import study
-    from .continual import METHODS, RECIPES, TABLE1
-    from .runs import dataset_cfg
+    from .continual import METHODS, TABLE1
     recs = study.stored(cfg, cfg.dataset)
     blocked = ""
     if len(recs) < len(study.CANDIDATES):
@@ -145,22 +145,43 @@ def table1_items(cfg) -> list:
         except ValueError as e:
             lam_block = f"waits for the lambda sweep ({e})"
 
-    def item(ds, seed, m, title, sets=None, why=blocked):
-        dcfg = dataset_cfg(cfg, ds)
-        n_task = 2 * (dcfg.train_per_class or PER_CLASS.get(ds, 400))
-        per_task = dcfg.epochs * -(-n_task // dcfg.batch_size)
-        steps = per_task * (5 if m == "joint" else 4 * (2.3 if RECIPES[m][1] else 1.0))
+    def item(ds, seed, m, title, sets=None, why=blocked):  # estimates: continual_eta
         return Item(cl_item(ds, seed, m, (sets or {}).get("lam")), title,
                     [Cmd("continual", ds, seed, dict(sets or {}), method=m)], None, ds, seed, dict(sets or {}),
-                    steps=int(steps), blocked=why)
+                    blocked=why)
+
+    def sweep(m):
+        return [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0, lambda = {lam:g} (lambda sweep)",
+                     {"lam": lam}) for lam in study.LAMBDAS if lam != cfg.lam]
 
     out = [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0 (Table 1)") for m in METHODS]
-    out += [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0, lambda = {lam:g} (lambda sweep)", {"lam": lam})
-            for m in study.SWEEP_METHODS for lam in study.LAMBDAS if lam != cfg.lam]
+    out += sweep("rank1-gd")
     out += [item("fmnist", 0, m, f"{m} on fmnist, seed 0 (Table 1)", why=lam_block) for m in METHODS]
     out += [item(cfg.dataset, s, m, f"{m} on {cfg.dataset}, seed {s} (Table 1)", why=lam_block)
             for s in cfg.seeds if s for m in TABLE1]
-    return out
+    return out + [i for m in study.SWEEP_METHODS if m != "rank1-gd" for i in sweep(m)]
+
+
+def task_steps(dcfg, ds, tasks=1) -> int:
+    """Optimiser steps of `tasks` two-class tasks trained as one (train.steps_for; estimates only)."""
+    from .train import steps_for
+    return steps_for(dcfg, 2 * tasks * (dcfg.train_per_class or PER_CLASS.get(ds, 400)))
+
+
+def continual_eta(icfg, item):
+    """(seconds left at one thread, steps done, steps) of a continual-learning item from its committed
+    task checkpoints: each task's steps still to run, a distillation step counting GD_COST plain ones."""
+    from .continual import RECIPES, task_dirs
+    from .data import task_classes
+    from .runs import dataset_cfg
+    from .train import checkpoint_info
+    method, icfg = item.cmds[0].method, dataset_cfg(icfg, item.dataset)
+    dirs = task_dirs(icfg, item.dataset, method, item.seed)
+    n = task_steps(icfg, item.dataset, len(task_classes(item.dataset)) if method == "joint" else 1)
+    gd = method != "joint" and RECIPES[method][1]
+    done = [min((checkpoint_info(d / "ckpt") or (0, 0.0))[0], n) for d in dirs]
+    left = sum((n - s) * (GD_COST if gd and k else 1.0) for k, s in enumerate(done))
+    return left * SEC_PER_STEP_1T.get(icfg.model, 1.5) + 120, sum(done), n * len(dirs)
 
 
 def gpu_items(cfg) -> list:
@@ -234,6 +255,8 @@ def item_status(cfg, item) -> dict:
         eta, out["step"], out["steps"] = study_eta(item_cfg(cfg, item), item.seed)
     if missing and item.minutes:
         eta = item.minutes * 60
+    elif missing and item.cmds[0].experiment == "continual":  # resumes from its committed task checkpoints
+        eta, out["step"], out["steps"] = continual_eta(item_cfg(cfg, item), item)
     elif missing and not study:
         eta += item.spectra_t * SEC_PER_SPECTRUM_T_1T + 120
         eta += item.steps * SEC_PER_STEP_1T.get(item.sets.get("model", cfg.model), 1.5)

@@ -72,6 +72,14 @@ def prune(cfg, dataset, method, seed):
             Path(str(d) + ".lock").unlink(missing_ok=True)
 
 
+def task_dirs(cfg, dataset, method, seed):
+    """The run's checkpoint directory per task, in order (one for joint: all tasks at once)."""
+    root = run_root(cfg, dataset, seed)
+    if method == "joint":
+        return [root / "joint"]
+    return [root / lineage(cfg, method, k) / f"task{k + 1}" for k in range(len(data.task_classes(dataset)))]
+
+
 def lineage(cfg, method, k):
     """Directory name of the weights after task k: 'shared' for task 1, else method + its keys."""
     if k == 0:
@@ -294,6 +302,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
     tasks = data.task_classes(dataset)
     T, per = len(tasks), cfg.train_per_class or None
     root = run_root(cfg, dataset, seed)
+    dirs = task_dirs(cfg, dataset, method, seed)
     ev = Evaluator(cfg, ds, device)
     torch.manual_seed(seed)
     net = build_unet(cfg.model, spec.num_classes, spec.channels).to(device)
@@ -302,7 +311,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
     info, shots = [], []
     if method == "joint":
         x, y = data.task_data(ds, 0, "train", per_class=per, classes=sorted(c for t in tasks for c in t))
-        d = root / "joint"
+        d = dirs[0]
         stop = stop_at[1] if stop_at else None
         d.mkdir(parents=True, exist_ok=True)
         with distributed.run_lock(str(d) + ".lock"):
@@ -318,7 +327,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
     pen = make_penalty(kind, cfg.lam) if kind else None
     distill = None
     for k in tqdm(range(T), desc=f"{method} on {dataset} (seed {seed})", disable=not progress, leave=False):
-        d = root / lineage(cfg, method, k) / f"task{k + 1}"
+        d = dirs[k]
         d.mkdir(parents=True, exist_ok=True)
         with distributed.run_lock(str(d) + ".lock"):  # concurrent methods share task 1 (lineage 'shared')
             x, y = data.task_data(ds, k, "train", per_class=per)

@@ -248,9 +248,12 @@ def test_table1_items_wait_for_the_network_study_and_its_choice(tmp_store, monke
     assert "model=base, epochs=3" in blocked and "now tiny, 1" in blocked
     ok = load_profile("ci", model="base", epochs=3)
     items = campaign.table1_items(ok)
-    assert not any(i.blocked for i in items[:12]) and all("lambda sweep" in i.blocked for i in items[12:])
+    # mnist-5k (8), the Rank-1 + GD sweep that chooses lambda (2), fmnist (8, waiting), Diag + GD's sweep (2)
+    assert not any(i.blocked for i in items[:10] + items[18:])
+    assert all("lambda sweep" in i.blocked for i in items[10:18])
     assert items[0].cmds[0].argv("ci")[-2:] == ["--method", "joint"]
     assert items[8].key == "cl-mnist-5k-s0-rank1-gd-lam340000" and items[8].cmds[0].sets == {"lam": 340000.0}
+    assert items[10].key == "cl-fmnist-s0-joint" and items[-1].key == "cl-mnist-5k-s0-diag-gd-lam7.68e+06"
     # the sweep: Rank-1 + GD is best at 340000 -> the later items wait for the profile to say so
     a_fid = {15000.0: 20.0, 340000.0: 12.0, study.PAPER_LAM * 512: 30.0}
     swept = {"rank1-gd": {lam: Rec(values={"a_fid": a}) for lam, a in a_fid.items()}}
@@ -296,3 +299,31 @@ def test_a_study_item_with_committed_state_is_partial_with_what_is_left(tmp_stor
     left_points = len(icfg.study_steps) - 1
     assert st["state"] == "partial" and st["step"] == 1000
     assert st["eta_s"] == pytest.approx((steps - 1000) * 0.5 + left_points * campaign.SEC_PER_STUDY_EVAL_1T + 120)
+
+
+def test_a_continual_item_counts_only_the_task_steps_still_to_run(tmp_store):
+    """A Table-1 item resumes from its task checkpoints: the status shows the steps done over all tasks and
+    its estimate counts only those left, a distillation step GD_COST plain ones (hand-computed)."""
+    from rank1lib import campaign
+    from rank1lib.continual import task_dirs
+    cfg = load_profile("cpu")
+    items = {i.key: i for i in campaign.table1_items(cfg)}
+    sec = campaign.SEC_PER_STEP_1T[cfg.model]
+    n = cfg.epochs * 7  # 800 images per two-class task of mnist-5k, ceil(800 / 128) = 7 steps per epoch
+    item = items["cl-mnist-5k-s0-rank1-gd"]
+    fresh = campaign.item_status(cfg, item)
+    assert (fresh["step"], fresh["steps"]) == (0, 5 * n)
+    assert fresh["eta_s"] == pytest.approx((n + 4 * n * campaign.GD_COST) * sec + 120)
+    dirs = task_dirs(cfg, "mnist-5k", "rank1-gd", 0)
+    for d, step in ((dirs[0], n), (dirs[1], n // 2)):
+        (d / "ckpt" / "last").mkdir(parents=True)
+        torch.save({"step": step, "seconds": 1.0}, d / "ckpt" / "last" / "trainer.pt")
+    st = campaign.item_status(cfg, item)
+    assert (st["step"], st["steps"]) == (n + n // 2, 5 * n)
+    assert st["eta_s"] == pytest.approx(((n - n // 2) + 3 * n) * campaign.GD_COST * sec + 120)
+    # task 1 is shared: Rank-1 without distillation has it done too, and its steps cost one each
+    st = campaign.item_status(cfg, items["cl-mnist-5k-s0-rank1"])
+    assert st["step"] == n and st["eta_s"] == pytest.approx(4 * n * sec + 120)
+    # joint trains the five tasks at once: ceil(4000 / 128) = 32 steps per epoch
+    st = campaign.item_status(cfg, items["cl-mnist-5k-s0-joint"])
+    assert (st["step"], st["steps"]) == (0, cfg.epochs * 32)

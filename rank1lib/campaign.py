@@ -29,7 +29,11 @@ SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6, "m
 SEC_PER_SPECTRUM_T_1T = 42.0  # one timestep of the Gram path, base UNet, N = 1024, one thread
 SEC_PER_STUDY_EVAL_1T = 420.0  # one A-FID point of the network study (200 DDIM-50 images per task + FID)
 PER_CLASS = {"mnist-5k": 400, "fmnist": 6000}  # training images per class (estimates only)
+TEST_PER_CLASS = {"mnist-5k": 100, "fmnist": 1000}  # held-out images per class (FID of a task, estimates only)
 GD_COST = 2.3  # a step with generative distillation (128 real + 128 replay) vs a plain step (estimates only)
+# one DDIM-50 image of the mid UNet with its Inception features, one thread beside another worker: rank1's
+# task-4 and task-5 evaluations on mnist-5k (800 and 1,000 images) took ~10 and ~12.5 min (2026-11-27)
+SEC_PER_IMAGE_1T = 0.75
 EXIT_DEADLINE = 3
 _STOP = threading.Event()  # set by Ctrl-C / SIGTERM: children are asked to checkpoint and stop
 
@@ -120,10 +124,11 @@ def cl_item(dataset, seed, method, lam=None) -> str:
 
 def table1_items(cfg) -> list:
     """Table 1 at this tier (issue 10), in its priority order: mnist-5k seed 0 with all eight methods,
-    Rank-1 + GD at the other study.LAMBDAS (the sweep that chooses lambda), fmnist seed 0, mnist-5k seeds 1
-    and 2 for the Table-1 methods, then Diag + GD at the other lambdas (the rest of the sweep). Blocked until the profile's `model` and `epochs` are the network
-    study's choice (study.choose), and the later ones until its `lam` is the sweep's (study.choose_lam),
-    so that no run uses settings that were not measured."""
+    Rank-1 + GD at the other study.LAMBDAS (the sweep that chooses lambda), fmnist seed 0, mnist-5k
+    seeds 1 and 2 for the Table-1 methods, then Diag + GD at the other lambdas (the rest of the sweep).
+    Blocked until the profile's `model` and `epochs` are the network study's choice (study.choose), and
+    the later ones until its `lam` is the sweep's (study.choose_lam), so that no run uses settings that
+    were not measured."""
     from . import study
     from .continual import METHODS, TABLE1
     recs = study.stored(cfg, cfg.dataset)
@@ -170,18 +175,24 @@ def task_steps(dcfg, ds, tasks=1) -> int:
 
 def continual_eta(icfg, item):
     """(seconds left at one thread, steps done, steps) of a continual-learning item from its committed
-    task checkpoints: each task's steps still to run, a distillation step counting GD_COST plain ones."""
-    from .continual import RECIPES, task_dirs
+    task folders: each task's steps still to run (a distillation step counts GD_COST plain ones), the
+    FID images of the evaluations not yet stored and the replay pools not yet sampled (SEC_PER_IMAGE_1T)."""
+    from .continual import RECIPES, eval_tag, task_dirs
     from .data import task_classes
     from .runs import dataset_cfg
     from .train import checkpoint_info
-    method, icfg = item.cmds[0].method, dataset_cfg(icfg, item.dataset)
+    method, icfg, T = item.cmds[0].method, dataset_cfg(icfg, item.dataset), len(task_classes(item.dataset))
     dirs = task_dirs(icfg, item.dataset, method, item.seed)
-    n = task_steps(icfg, item.dataset, len(task_classes(item.dataset)) if method == "joint" else 1)
+    n = task_steps(icfg, item.dataset, T if method == "joint" else 1)
     gd = method != "joint" and RECIPES[method][1]
     done = [min((checkpoint_info(d / "ckpt") or (0, 0.0))[0], n) for d in dirs]
     left = sum((n - s) * (GD_COST if gd and k else 1.0) for k, s in enumerate(done))
-    return left * SEC_PER_STEP_1T.get(icfg.model, 1.5) + 120, sum(done), n * len(dirs)
+    fid = 2 * (icfg.fid_per_class or TEST_PER_CLASS.get(item.dataset, 100))  # images per task
+    images = sum(fid * (T if method == "joint" else k + 1) for k, d in enumerate(dirs)
+                 if not (d / f"eval-{eval_tag(icfg)}.json").exists())
+    images += sum(icfg.replay_per_class * 2 * (k + 1) for k, d in enumerate(dirs[:-1])
+                  if gd and not any(d.glob("pool-*.pt")))
+    return left * SEC_PER_STEP_1T.get(icfg.model, 1.5) + images * SEC_PER_IMAGE_1T, sum(done), n * len(dirs)
 
 
 def gpu_items(cfg) -> list:

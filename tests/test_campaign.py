@@ -302,28 +302,35 @@ def test_a_study_item_with_committed_state_is_partial_with_what_is_left(tmp_stor
 
 
 def test_a_continual_item_counts_only_the_task_steps_still_to_run(tmp_store):
-    """A Table-1 item resumes from its task checkpoints: the status shows the steps done over all tasks and
-    its estimate counts only those left, a distillation step GD_COST plain ones (hand-computed)."""
+    """A Table-1 item resumes from its task folders: the status shows the steps done over all tasks and
+    its estimate counts only the steps (a distillation step GD_COST plain ones), FID images and replay
+    images still to make (hand-computed: mnist-5k has 100 held-out images per class, replay 500 per class)."""
     from rank1lib import campaign
-    from rank1lib.continual import task_dirs
+    from rank1lib.continual import eval_tag, task_dirs
     cfg = load_profile("cpu")
     items = {i.key: i for i in campaign.table1_items(cfg)}
-    sec = campaign.SEC_PER_STEP_1T[cfg.model]
+    sec, img = campaign.SEC_PER_STEP_1T[cfg.model], campaign.SEC_PER_IMAGE_1T
     n = cfg.epochs * 7  # 800 images per two-class task of mnist-5k, ceil(800 / 128) = 7 steps per epoch
+    fid = 200 * (1 + 2 + 3 + 4 + 5)  # FID images of the evaluations after tasks 1..5
+    pools = 1000 * (1 + 2 + 3 + 4)  # replay pools after tasks 1..4: 500 per class seen
     item = items["cl-mnist-5k-s0-rank1-gd"]
     fresh = campaign.item_status(cfg, item)
     assert (fresh["step"], fresh["steps"]) == (0, 5 * n)
-    assert fresh["eta_s"] == pytest.approx((n + 4 * n * campaign.GD_COST) * sec + 120)
+    assert fresh["eta_s"] == pytest.approx((n + 4 * n * campaign.GD_COST) * sec + (fid + pools) * img)
     dirs = task_dirs(cfg, "mnist-5k", "rank1-gd", 0)
     for d, step in ((dirs[0], n), (dirs[1], n // 2)):
         (d / "ckpt" / "last").mkdir(parents=True)
         torch.save({"step": step, "seconds": 1.0}, d / "ckpt" / "last" / "trainer.pt")
+    (dirs[0] / f"eval-{eval_tag(cfg)}.json").write_text("{}")
+    (dirs[0] / "pool-500-50-b1000.pt").write_bytes(b"")
     st = campaign.item_status(cfg, item)
     assert (st["step"], st["steps"]) == (n + n // 2, 5 * n)
-    assert st["eta_s"] == pytest.approx(((n - n // 2) + 3 * n) * campaign.GD_COST * sec + 120)
-    # task 1 is shared: Rank-1 without distillation has it done too, and its steps cost one each
+    assert st["eta_s"] == pytest.approx(((n - n // 2) + 3 * n) * campaign.GD_COST * sec
+                                        + (fid - 200 + pools - 1000) * img)
+    # task 1 is shared: Rank-1 without distillation has it done too; its steps cost one each, no pools
     st = campaign.item_status(cfg, items["cl-mnist-5k-s0-rank1"])
-    assert st["step"] == n and st["eta_s"] == pytest.approx(4 * n * sec + 120)
-    # joint trains the five tasks at once: ceil(4000 / 128) = 32 steps per epoch
+    assert st["step"] == n and st["eta_s"] == pytest.approx(4 * n * sec + (fid - 200) * img)
+    # joint trains the five tasks at once (ceil(4000 / 128) = 32 steps per epoch), one evaluation of all five
     st = campaign.item_status(cfg, items["cl-mnist-5k-s0-joint"])
     assert (st["step"], st["steps"]) == (0, cfg.epochs * 32)
+    assert st["eta_s"] == pytest.approx(cfg.epochs * 32 * sec + 1000 * img)

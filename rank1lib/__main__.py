@@ -93,7 +93,8 @@ def cmd_campaign(args):
     store.allow_cli_only(True)
     hours = args.minutes / 60 if args.minutes is not None else args.hours
     return campaign(args.profile, hours=hours, jobs=args.jobs, threads=args.worker_threads,
-                    dry_run=args.dry_run, only=args.only, devices=args.devices)
+                    dry_run=args.dry_run, only=args.only, skip=args.skip, devices=args.devices,
+                    log_dir=args.log_dir)
 
 
 def cmd_claims(args):
@@ -165,7 +166,12 @@ def parser():
     c.add_argument("--jobs", type=int, default=2, help="items run at once (2 x 1 thread measured fastest on 2 cores)")
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per item process")
     c.add_argument("--dry-run", action="store_true", help="only list the items with status and estimates")
-    c.add_argument("--only", nargs="+", metavar="ITEM", help="run only these items")
+    c.add_argument("--only", nargs="+", metavar="ITEM", help="run only these items (names or shell globs, "
+                   "e.g. 'cl-fmnist-s0-*')")
+    c.add_argument("--skip", nargs="+", metavar="ITEM", help="leave out these items (names or globs; e.g. "
+                   "'*-gd*' keeps the generative-distillation runs for a GPU sitting)")
+    c.add_argument("--log-dir", metavar="DIR", help="item logs (default _build/campaign in the code's checkout; "
+                   "a worktree's logs go with it)")
     c.add_argument("--devices", type=lambda s: [d.strip() for d in s.split(",") if d.strip()], metavar="0,1,...",
                    help="one worker per GPU (CUDA_VISIBLE_DEVICES per item); overrides --jobs")
     return p

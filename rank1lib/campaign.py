@@ -10,6 +10,7 @@ that two campaigns never run the same item. At the deadline a child's trainer sa
 and exits (RANK1_DEADLINE); whatever is not finished is continued by the next campaign, on this
 machine or another (the state lives in book/results/<profile>/state and is committed).
 """
+import fnmatch
 import json
 import os
 import signal
@@ -391,15 +392,28 @@ def run_item(cfg, item, threads, deadline, log_dir, device=None):
     return result, entry
 
 
-def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, log_dir=None, devices=None):
+def select_items(items, only=None, skip=None) -> list:
+    """Items whose key matches a pattern of `only` (all if None) and none of `skip` (shell globs,
+    e.g. 'cl-fmnist-s0-*', '*-gd*'); a pattern that matches no item is an error (a typo runs nothing)."""
+    keys = [i.key for i in items]
+    for pat in (only or []) + (skip or []):
+        if not fnmatch.filter(keys, pat):
+            raise ValueError(f"no campaign item matches {pat!r} (see campaign --dry-run for the item names)")
+    hit = lambda key, pats: any(fnmatch.fnmatchcase(key, p) for p in pats)  # noqa: E731
+    return [i for i in items if (not only or hit(i.key, only)) and not hit(i.key, skip or [])]
+
+
+def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, log_dir=None, devices=None,
+             skip=None):
     """Run pending items (priority order) on `jobs` workers of `threads` threads until `hours` pass;
-    with `devices` (e.g. ["0", "1", "2", "3"]) one worker per GPU, each item's processes on its own."""
+    with `devices` (e.g. ["0", "1", "2", "3"]) one worker per GPU, each item's processes on its own.
+    `only` / `skip`: shell globs over item keys (select_items)."""
     if devices:
         jobs = len(devices)
     from concurrent.futures import ThreadPoolExecutor
     from filelock import FileLock, Timeout
     cfg = load_profile(profile)
-    items = [i for i in all_items(cfg) if not only or i.key in only]
+    items = select_items(all_items(cfg), only, skip)
     statuses = [item_status(cfg, i) for i in items]
     print_status(cfg, items, statuses)
     todo = [i for i, s in zip(items, statuses) if s["state"] not in ("done", "blocked")]

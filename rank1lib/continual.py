@@ -279,14 +279,15 @@ def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, prog
         dlog.set_verbosity(level)
     if out.get("interrupted"):
         return None
-    train_s = out.get("train_seconds")  # optimiser time summed over every call (kept in the checkpoint)
+    # optimiser time summed over every call (kept in the checkpoint), in total and by device
+    train_s = {"train_seconds": out.get("train_seconds"), "train_seconds_by_device": out.get("train_seconds_by_device")}
     if info_file.exists():
         try:
-            return {**json.loads(info_file.read_text()), "train_seconds": train_s}
+            return {**json.loads(info_file.read_text()), **train_s}
         except ValueError as e:
             store.set_aside(info_file, f"not JSON: {e}")
     tail = out["losses"][-max(1, steps // 5):]
-    info = {"steps": steps, "seconds": time.time() - t0, "train_seconds": train_s, "n_train": len(x),
+    info = {"steps": steps, "seconds": time.time() - t0, **train_s, "n_train": len(x),
             "final_loss": float(np.mean(tail)) if tail else None}
     if distributed.is_main():
         _save_json(info, info_file)
@@ -395,6 +396,7 @@ def summarise(cfg, dataset, method, seed, scores, info, shots, net, n_fid):
               "fid_images_per_task": n_fid,
               "task_steps": [i["steps"] for i in info], "task_seconds": [i["seconds"] for i in info],
               "task_train_seconds": [i.get("train_seconds") for i in info],
+              "task_train_seconds_by_device": [i.get("train_seconds_by_device") for i in info],
               "train_seconds": _total([i.get("train_seconds") for i in info]),
               "final_losses": [i["final_loss"] for i in info], "params": n_params(net),
               "sample_classes": sample_classes(dataset)}

@@ -9,7 +9,7 @@ from . import continual, store
 from .continual import TABLE1
 from .profiles import set_args
 from .registry import experiment
-from .train import pick_device
+from .train import UNRECORDED, pick_device
 
 NAMES = {"joint": "Non-continual", "finetune": "Fine-tune (lambda = 0)", "diag": "Diag w/o GD",
          "rank1": "Rank-1 w/o GD", "gd": "GD", "diag-gd": "Diag + GD", "rank1-gd": "Rank-1 + GD (paper's method)",
@@ -214,6 +214,36 @@ def optimiser_seconds(rec):
     return v["train_seconds"] if "task_train_seconds" in v else None
 
 
+def device_split(rec):
+    """{device name: optimiser seconds} of a run summed over its tasks (from the checkpoints; the time of a task
+    resumed on another machine is split between the two), or None for a record stored before the split was kept."""
+    per = rec.values.get("task_train_seconds_by_device")
+    if not per or any(p is None for p in per):
+        return None
+    out = {}
+    for split in per:
+        for dev, sec in split.items():
+            out[dev] = out.get(dev, 0.0) + sec
+    return out
+
+
+def devices_text(rs):
+    """Table 3's device cell: the device of each run, with each device's share of the optimiser time
+    where a run's tasks were trained on more than one (e.g. a shared task 1 trained on a lent GPU)."""
+    cells = set()
+    for r in rs:
+        split = device_split(r)
+        if not split or list(split) == [UNRECORDED]:
+            cells.add(r["provenance"]["device"])
+        elif len(split) == 1:
+            cells.update(split)
+        else:
+            total = sum(split.values())
+            cells.add(", ".join(f"{d} {100 * s / total:.1f}%" for d, s in
+                                sorted(split.items(), key=lambda kv: -kv[1])))
+    return "; ".join(sorted(cells))
+
+
 def table3(recs_by_dataset, campaign_wall=None):
     """Table 3 analogue: per method (runs at the profile's lambda), optimiser hours, real training images
     per second, the campaign's wall hours (summed over sittings; `campaign_wall` {item: seconds},
@@ -232,7 +262,7 @@ def table3(recs_by_dataset, campaign_wall=None):
                          "real img/s (ours)": f"{np.mean(img_s):.0f}" if img_s else "—",
                          "campaign wall h (ours)": (f"{np.mean([w for w in wall if w]) / 3600:.2f}"
                                                     if any(wall) else "—"),
-                         "device (ours)": ", ".join(sorted({r["provenance"]["device"] for r in rs})),
+                         "device (ours)": devices_text(rs),
                          "paper hours": "—" if p is None else f"~{p}",
                          "paper GPU": "—" if p is None else "NVIDIA L40S"})
     return pd.DataFrame(rows).set_index(["dataset", "method"])

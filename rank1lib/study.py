@@ -169,18 +169,39 @@ def convention(lam) -> str:
     return f"{lam / PAPER_LAM:.0f}x the paper's number in our convention, between the two"
 
 
-def plot_sweep(axes, swept):
-    """A-FID and forgetting against lambda, one line per swept method."""
+def plot_sweep(axes, swept, gd=None):
+    """A-FID and forgetting against lambda, one line per swept method; `gd` (GD alone's record, i.e.
+    lambda = 0) as a horizontal line."""
     from .runs import COLORS, NAMES
     for m, pts in swept.items():
         lams = sorted(pts)
         for ax, key in zip(axes, ("a_fid", "forgetting")):
             ax.plot(lams, [pts[lam].values[key] for lam in lams], marker="o", color=COLORS[m], label=NAMES[m])
-    for ax, lab in zip(axes, ("A-FID", "forgetting")):
+    for ax, lab, key in zip(axes, ("A-FID", "forgetting"), ("a_fid", "forgetting")):
         ax.set(xscale="log", xlabel="lambda", ylabel=lab)
         for lam in LAMBDAS:
             ax.axvline(lam, color="gray", lw=0.5, ls=":")
+        if gd is not None:
+            ax.axhline(gd.values[key], color=COLORS["gd"], ls="--", lw=1.2, label=f"{NAMES['gd']} (lambda = 0)")
     axes[0].legend(fontsize=9)
+
+
+def sweep_edge(swept, lam, gd=None) -> str:
+    """A sentence when the chosen lambda is an end of the swept range (Rank-1 + GD's best lambda may then
+    lie outside it), with GD alone (lambda = 0) beside it; '' when the sweep brackets the choice."""
+    pts = swept.get("rank1-gd", {})
+    lams = sorted(pts)
+    if not lams or lam not in (lams[0], lams[-1]):
+        return ""
+    side = "smallest" if lam == lams[0] else "largest"
+    out = (f"The rule picked the {side} swept lambda, so the sweep does not bracket Rank-1 + GD's best lambda: "
+           f"a {'weaker' if side == 'smallest' else 'stronger'} penalty might do better.")
+    if gd is not None:
+        g = gd.values["a_fid"]
+        out += f" GD alone (lambda = 0) has A-FID {g:.1f}, Rank-1 + GD {pts[lam].values['a_fid']:.1f} at lambda = {lam:g}"
+        above = all(p.values["a_fid"] > g for p in pts.values())
+        out += "; at every swept lambda the rank-1 penalty made A-FID worse than distillation alone." if above else "."
+    return out
 
 
 def projected_hours(cfg, pick, n_task_images, T, gd_cost=2.3):

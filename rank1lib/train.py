@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .diffusion import T, alpha_bar, loss_simple, to_model_range
-from .store import HOME, results_root
+from .store import HOME, device_name, results_root
+
+UNRECORDED = "unrecorded"  # training seconds saved before checkpoints split them by device (device_seconds)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -101,16 +103,17 @@ def steps_for(cfg, n_images) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def save_checkpoint(model, opt, step, losses, ckpt_dir: Path, seconds=0.0):
+def save_checkpoint(model, opt, step, losses, ckpt_dir: Path, seconds=0.0, by_device=None):
     """save_pretrained + optimiser state into ckpt_dir/last, atomically (unique temp dir, renames);
-    `seconds` is the training wall time so far (for estimates); opt None: no optimiser state (a run
-    that is finished for good, e.g. a continual task: its successor starts a fresh Adam)."""
+    `seconds` is the training wall time so far, `by_device` the same split by device name (a run resumed
+    on another machine); opt None: no optimiser state (a run that is finished for good, e.g. a
+    continual task: its successor starts a fresh Adam)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))
     model.save_pretrained(tmp)
     torch.save({"opt": opt.state_dict() if opt is not None else None, "step": step, "losses": losses,
-                "seconds": seconds}, tmp / "trainer.pt")
+                "seconds": seconds, "by_device": by_device or {}}, tmp / "trainer.pt")
     old = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".old-"))
     if (ckpt_dir / "last").exists():
         os.replace(ckpt_dir / "last", old / "last")
@@ -137,7 +140,23 @@ def checkpoint_info(ckpt_dir: Path):
 
 
 def load_checkpoint(model, opt, ckpt_dir: Path, steps=None):
-    """Restore weights and optimiser from ckpt_dir/last; returns (step, losses, seconds).
+    """Restore weights and optimiser from ckpt_dir/last; returns (step, losses, seconds)."""
+    state = _load_state(model, opt, ckpt_dir, steps)
+    return state["step"], state["losses"], state["seconds"]
+
+
+def device_seconds(state) -> dict:
+    """{device name: training seconds} of a checkpoint's state; seconds saved before checkpoints kept
+    the split (2026-11-27) are 'unrecorded'."""
+    split = dict(state.get("by_device") or {})
+    rest = state.get("seconds", 0.0) - sum(split.values())
+    if rest > 0.5:
+        split[UNRECORDED] = rest
+    return split
+
+
+def _load_state(model, opt, ckpt_dir: Path, steps=None) -> dict:
+    """load_checkpoint's work; returns the trainer state ({"step": 0, ...} when there is none).
     A checkpoint saved without optimiser state can only be loaded as finished (its step >= `steps`).
 
     A checkpoint killed between its renames is found in .old-*/last; an unreadable one is moved
@@ -164,8 +183,9 @@ def load_checkpoint(model, opt, ckpt_dir: Path, steps=None):
         model.load_state_dict(loaded.state_dict())
         if opt is not None and state["opt"] is not None:
             opt.load_state_dict(state["opt"])
-        return state["step"], state["losses"], state.get("seconds", 0.0)
-    return 0, [], 0.0
+        return {"step": state["step"], "losses": state["losses"], "seconds": state.get("seconds", 0.0),
+                "by_device": state.get("by_device") or {}}
+    return {"step": 0, "losses": [], "seconds": 0.0, "by_device": {}}
 
 
 def drop_optimiser(ckpt_dir: Path) -> bool:
@@ -231,14 +251,21 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
     x, y = x.to(device), y.to(device)
     ab = alpha_bar(device)
     opt = make_adam(model, cfg, device)
-    start, losses, seconds = load_checkpoint(model, opt, ckpt_dir, steps) if ckpt_dir else (0, [], 0.0)
+    state = _load_state(model, opt, ckpt_dir, steps) if ckpt_dir else {"step": 0, "losses": [], "seconds": 0.0}
+    start, losses, seconds, split = state["step"], state["losses"], state["seconds"], device_seconds(state)
+    here = device_name(device)
+
+    def spent():  # training seconds so far, in total and by device (this call's on `here`)
+        s = time.time() - t0
+        return seconds + s, {**split, here: split.get(here, 0.0) + s}
     snapshot_at = set(snapshot_at) if snapshot_dir else set()
     if start == 0 and 0 in snapshot_at and main:
         save_snapshot(model, 0, snapshot_dir)
     if start >= steps:
         if ckpt_dir and not final_opt and main:
             drop_optimiser(ckpt_dir)  # finished before final_opt existed (e.g. committed state)
-        return {"losses": losses, "steps": steps, "images_per_s": None, "train_seconds": seconds}
+        return {"losses": losses, "steps": steps, "images_per_s": None, "train_seconds": seconds,
+                "train_seconds_by_device": split}
     amp = switch(cfg.amp, device)
     compile_ = switch(cfg.compile, device)
     extra = torch.compile(model) if compile_ else model   # extra_loss sees the plain (compiled) model
@@ -289,30 +316,31 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
                 if step + 1 in snapshot_at and main:
                     save_snapshot(model, step + 1, snapshot_dir, seconds + time.time() - t0)
                 if ckpt_dir and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and main:
-                    save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
+                    save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), *spent())
                 late = stop_at is not None and time.time() > stop_at and step + 1 < steps
                 if distributed.any_rank(late, device):
                     if ckpt_dir and main:
-                        save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
+                        save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), *spent())
                     raise DeadlineReached(f"{desc}: deadline reached at step {step + 1}/{steps}; checkpoint saved, "
                                           f"rerun to continue")
                 if stop_after is not None and step + 1 - start >= stop_after:
                     if ckpt_dir and main:
-                        save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
+                        save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), *spent())
                     return {"losses": losses, "steps": step + 1, "images_per_s": None, "interrupted": True}
                 if distributed.any_rank(stop.signum is not None, device):  # Ctrl-C or SIGTERM: end on a
                     if ckpt_dir and main:                                    # complete step, with a checkpoint
-                        save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), seconds + time.time() - t0)
+                        save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), *spent())
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         if ckpt_dir:
             print(f"\ninterrupted after step {step + 1}; rerun the same command to resume from the "
                   f"checkpoint in {ckpt_dir}", file=sys.stderr)
         raise
-    elapsed = time.time() - t0
+    total, by_device = spent()
+    elapsed = total - seconds
     if ckpt_dir and main:
-        save_checkpoint(model, opt if final_opt else None, steps, losses, Path(ckpt_dir), seconds + elapsed)
+        save_checkpoint(model, opt if final_opt else None, steps, losses, Path(ckpt_dir), total, by_device)
     distributed.barrier()
     return {"losses": losses, "steps": steps, "images_per_s": done * b / elapsed if elapsed > 0 else None,
-            "train_seconds": seconds + elapsed}
+            "train_seconds": total, "train_seconds_by_device": by_device}
 

@@ -30,6 +30,8 @@ CASES = [
     (["fetch", "svhn"], "unknown dataset 'svhn'"),
     (["claims", "--profile", "nosuch"], "unknown profile 'nosuch'"),
     (["campaign", "--profile", "nosuch", "--dry-run"], "unknown profile 'nosuch'"),
+    (["campaign", "--profile", "ci", "--dry-run", "--only", "vea"], "no campaign item matches 'vea'"),
+    (["campaign", "--profile", "ci", "--dry-run", "--skip", "*-gdd"], "no campaign item matches '*-gdd'"),
 ]
 
 

@@ -44,6 +44,34 @@ def test_deadline_saves_checkpoint_and_resume_matches(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), net.state_dict().values()))
 
 
+def test_training_seconds_are_split_by_the_device_that_spent_them(tmp_path, monkeypatch):
+    """A run stopped on one machine and finished on another keeps each one's share of its optimiser time;
+    seconds of a checkpoint saved before the split existed are 'unrecorded'; Table 3 shows the shares."""
+    from rank1lib import runs, train as tr
+    cfg = load_profile("ci", batch_size=8, ckpt_every=0)
+    x, y = _data()
+    monkeypatch.setattr(tr, "device_name", lambda device=None: "GPU-A")
+    train(_net(), x, y, cfg, steps=4, seed=0, ckpt_dir=tmp_path, progress=False, stop_after=2)
+    first = torch.load(tmp_path / "last" / "trainer.pt", weights_only=False)
+    assert list(first["by_device"]) == ["GPU-A"] and first["by_device"]["GPU-A"] == first["seconds"] > 0
+    monkeypatch.setattr(tr, "device_name", lambda device=None: "CPU-B")
+    out = train(_net(), x, y, cfg, steps=4, seed=0, ckpt_dir=tmp_path, progress=False)
+    split = out["train_seconds_by_device"]
+    assert split["GPU-A"] == first["seconds"] and split["CPU-B"] > 0
+    assert sum(split.values()) == pytest.approx(out["train_seconds"], abs=1e-9)
+    last = torch.load(tmp_path / "last" / "trainer.pt", weights_only=False)
+    assert last["by_device"] == split and last["seconds"] == out["train_seconds"]
+    assert tr.device_seconds({"seconds": 10.0}) == {tr.UNRECORDED: 10.0}  # an old checkpoint
+    assert tr.device_seconds({"seconds": 10.0, "by_device": {"CPU-B": 4.0}}) == {"CPU-B": 4.0, tr.UNRECORDED: 6.0}
+
+    class Rec(dict):
+        values = property(lambda self: self["values"])
+    rec = lambda per: Rec(values={"task_train_seconds_by_device": per}, provenance={"device": "CPU-B"})  # noqa: E731
+    assert runs.devices_text([rec([{"GPU-A": 1.0}, {"CPU-B": 199.0}])]) == "CPU-B 99.5%, GPU-A 0.5%"
+    assert runs.devices_text([rec([{"GPU-A": 5.0}, {"GPU-A": 5.0}])]) == "GPU-A"
+    assert runs.devices_text([rec([{tr.UNRECORDED: 5.0}]), rec(None)]) == "CPU-B"
+
+
 def test_finished_checkpoint_without_optimiser_loads_as_done_and_refuses_more_steps(tmp_path):
     from rank1lib.train import drop_optimiser
     cfg = load_profile("ci", batch_size=8, ckpt_every=2)
@@ -334,3 +362,20 @@ def test_a_continual_item_counts_only_the_task_steps_still_to_run(tmp_store):
     st = campaign.item_status(cfg, items["cl-mnist-5k-s0-joint"])
     assert (st["step"], st["steps"]) == (0, cfg.epochs * 32)
     assert st["eta_s"] == pytest.approx(cfg.epochs * 32 * sec + 1000 * img)
+
+
+def test_only_and_skip_select_items_by_glob():
+    """--skip '*-gd*' leaves exactly the Table-1 runs without distillation (checked against each item's
+    --method); --only takes globs and exact names; a pattern that matches nothing is an error."""
+    from rank1lib import campaign
+    items = campaign.all_items(load_profile("cpu"))
+    method = {i.key: i.cmds[0].method for i in items}
+    kept = {i.key for i in campaign.select_items(items, skip=["*-gd*"])}
+    gd = {k for k, m in method.items() if m in ("gd", "diag-gd", "rank1-gd", "rankk-gd")}
+    assert gd and not kept & gd and kept | gd == set(method)
+    fm = campaign.select_items(items, only=["cl-fmnist-s0-*"], skip=["*-s0-gd"])
+    assert [i.key for i in fm] == [f"cl-fmnist-s0-{m}" for m in
+                                    ("joint", "finetune", "diag", "rank1", "diag-gd", "rank1-gd", "rankk-gd")]
+    assert [i.key for i in campaign.select_items(items, only=["base-s1"])] == ["base-s1"]
+    with pytest.raises(ValueError, match="no campaign item matches 'cl-fmnist-s0-jont'"):
+        campaign.select_items(items, only=["cl-fmnist-s0-jont"])

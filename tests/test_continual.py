@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rank1lib import continual, fid
+from rank1lib import continual, fid, store
 from rank1lib.profiles import load_profile
 
 # 2 Adam steps per task, FID on raw pixels (the Inception path is tested in test_fid.py)
@@ -65,6 +65,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(runs, tmp_path, monkeypat
     # optimiser time of every task is the checkpoint's, summed over both calls (not the last call's wall time)
     assert v["task_train_seconds"] == [checkpoint_info(c)[1] for c in ckpts]
     assert v["train_seconds"] == pytest.approx(sum(v["task_train_seconds"]))
+    # and split by device: all on this machine here
+    from rank1lib.train import pick_device
+    here = store.device_name(pick_device(None))
+    assert [list(d) for d in v["task_train_seconds_by_device"]] == [[here]] * 5
+    assert [d[here] for d in v["task_train_seconds_by_device"]] == pytest.approx(v["task_train_seconds"], abs=1e-9)
     # finished tasks keep no Adam state: the next task starts a fresh one
     assert all(torch.load(c / "last" / "trainer.pt", weights_only=False)["opt"] is None for c in ckpts)
 

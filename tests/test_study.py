@@ -60,3 +60,14 @@ def test_choose_lam_rule():
     with pytest.raises(ValueError, match="incomplete"):
         study.choose_lam({"rank1-gd": {study.LAMBDAS[0]: pts[study.LAMBDAS[0]]}})
     assert study.LAMBDAS[2] == 15000 * 512 and "15000 x D/2" in study.convention(study.LAMBDAS[2])
+
+
+def test_sweep_edge_says_when_the_choice_is_an_end_of_the_range():
+    pts = {lam: Rec(values={"a_fid": a}) for lam, a in zip(study.LAMBDAS, (20.0, 30.0, 40.0))}
+    lo, mid = study.LAMBDAS[0], study.LAMBDAS[1]
+    text = study.sweep_edge({"rank1-gd": pts}, lo, gd=Rec(values={"a_fid": 10.0}))
+    assert "smallest swept lambda" in text and "weaker" in text and "A-FID 10.0" in text
+    assert "at every swept lambda the rank-1 penalty made A-FID worse" in text
+    assert "made A-FID worse" not in study.sweep_edge({"rank1-gd": pts}, lo, gd=Rec(values={"a_fid": 25.0}))
+    assert "largest" in study.sweep_edge({"rank1-gd": pts}, study.LAMBDAS[2])
+    assert study.sweep_edge({"rank1-gd": pts}, mid) == ""  # bracketed: nothing to say

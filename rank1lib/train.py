@@ -314,7 +314,7 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
                 if progress and main and (step % 10 == 0 or step == steps - 1):
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{done * b / (time.time() - t0):.0f}")
                 if step + 1 in snapshot_at and main:
-                    save_snapshot(model, step + 1, snapshot_dir, seconds + time.time() - t0)
+                    save_snapshot(model, step + 1, snapshot_dir, spent()[0])
                 if ckpt_dir and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and main:
                     save_checkpoint(model, opt, step + 1, losses, Path(ckpt_dir), *spent())
                 late = stop_at is not None and time.time() > stop_at and step + 1 < steps

@@ -11,7 +11,7 @@ from .bench import benchmark
 from .diffusion import alpha_bar, ddim_sample, loss_simple, to_model_range
 from .models import build_unet, n_params
 from .profiles import Config
-from .train import make_adam, pick_device, switch
+from .train import amp_on, make_adam, pick_device, switch
 
 
 def _sync(device):
@@ -103,7 +103,7 @@ def fast_step_fn(model, x, y, cfg, device, penalty=None):
     """The trainer's step: data on the device, bf16 autocast and fused Adam on CUDA, torch.compile."""
     x, y = x.to(device), y.to(device)
     opt = make_adam(model, cfg, device)
-    amp = switch(cfg.amp, device)
+    amp = amp_on(cfg.amp, device)
     fwd = torch.compile(model) if switch(cfg.compile, device) else model
     ab = alpha_bar(device)
     b = cfg.batch_size
@@ -205,7 +205,7 @@ def bench_train(cfg):
     _sync(device)
     t0 = time.perf_counter()
     ddim_sample(m, torch.arange(n_img) % 10, steps=cfg.ddim_steps, batch_size=cfg.sample_batch, progress=False,
-                amp=switch(cfg.amp, device))
+                amp=amp_on(cfg.amp, device))
     _sync(device)
     t_ddim = time.perf_counter() - t0
     rows.append({"measurement": f"DDIM {cfg.ddim_steps} steps, {n_img} images", "seconds": t_ddim,

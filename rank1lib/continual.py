@@ -25,7 +25,7 @@ from . import consolidate, data, distributed, ewc, fid, fisher, replay, store
 from .diffusion import ddim_sample
 from .models import build_unet, n_params
 from .profiles import Config
-from .train import ckpt_root, pick_device, state_root, steps_for, switch, train
+from .train import amp_on, ckpt_root, pick_device, state_root, steps_for, train
 
 METHODS = ("joint", "finetune", "diag", "rank1", "gd", "diag-gd", "rank1-gd", "rankk-gd")
 TABLE1 = ("joint", "diag", "rank1", "gd", "diag-gd", "rank1-gd")
@@ -183,7 +183,7 @@ class Evaluator:
         for i in range(k + 1):
             y = self.reference(i)[1]
             im = ddim_sample(model, y, steps=self.cfg.ddim_steps, seed=10_000 + i, batch_size=self.cfg.sample_batch,
-                             progress=False, amp=switch(self.cfg.amp, self.device))
+                             progress=False, amp=amp_on(self.cfg.amp, self.device))
             f, kd = self.scores(i, fid.features(self.metric, im))
             out["fid"].append(f)
             out["kid"].append(kd)
@@ -352,7 +352,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
                 pool = cached(d / f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}.pt",
                               lambda: replay.make_pool(net, classes, cfg.replay_per_class, cfg.ddim_steps,
                                                        seed * 1_000 + k, cfg.sample_batch,
-                                                       switch(cfg.amp, device), progress))
+                                                       amp_on(cfg.amp, device), progress))
                 distill = replay.Distillation(replay.frozen_copy(net), pool[0], pool[1], cfg.batch_size)
     return summarise(cfg, dataset, method, seed, (M, K, floors(ev, root, T)), info, shots, net, n_fid)
 

@@ -112,7 +112,16 @@ def device_name(device=None) -> str:
         return device
     if (device is None and torch.cuda.is_available()) or str(device).startswith("cuda"):
         return torch.cuda.get_device_name()
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"CPU ({cpu_model()}, {os.cpu_count()} cores)"
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else what platform reports."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return " ".join(line.split(":", 1)[1].split())
+    return platform.processor() or platform.machine()
 
 
 def provenance(device=None, wall_s=None) -> dict:

@@ -53,14 +53,16 @@ def test_training_seconds_are_split_by_the_device_that_spent_them(tmp_path, monk
     monkeypatch.setattr(tr, "device_name", lambda device=None: "GPU-A")
     train(_net(), x, y, cfg, steps=4, seed=0, ckpt_dir=tmp_path, progress=False, stop_after=2)
     first = torch.load(tmp_path / "last" / "trainer.pt", weights_only=False)
-    assert list(first["by_device"]) == ["GPU-A"] and first["by_device"]["GPU-A"] == first["seconds"] > 0
+    a = "GPU-A, fp32"  # keyed by device and the precision its steps ran in (ci: amp off)
+    assert list(first["by_device"]) == [a] and first["by_device"][a] == first["seconds"] > 0
     monkeypatch.setattr(tr, "device_name", lambda device=None: "CPU-B")
     out = train(_net(), x, y, cfg, steps=4, seed=0, ckpt_dir=tmp_path, progress=False)
     split = out["train_seconds_by_device"]
-    assert split["GPU-A"] == first["seconds"] and split["CPU-B"] > 0
+    assert split[a] == first["seconds"] and split["CPU-B, fp32"] > 0
     assert sum(split.values()) == pytest.approx(out["train_seconds"], abs=1e-9)
     last = torch.load(tmp_path / "last" / "trainer.pt", weights_only=False)
     assert last["by_device"] == split and last["seconds"] == out["train_seconds"]
+    assert set(split) == {a, "CPU-B, fp32"}
     assert tr.device_seconds({"seconds": 10.0}) == {tr.UNRECORDED: 10.0}  # an old checkpoint
     assert tr.device_seconds({"seconds": 10.0, "by_device": {"CPU-B": 4.0}}) == {"CPU-B": 4.0, tr.UNRECORDED: 6.0}
 
@@ -379,3 +381,25 @@ def test_only_and_skip_select_items_by_glob():
     assert [i.key for i in campaign.select_items(items, only=["base-s1"])] == ["base-s1"]
     with pytest.raises(ValueError, match="no campaign item matches 'cl-fmnist-s0-jont'"):
         campaign.select_items(items, only=["cl-fmnist-s0-jont"])
+
+
+def test_bf16_autocast_only_where_the_device_does_bf16_in_hardware(tmp_path, monkeypatch, capsys):
+    """amp=on trains with bf16 autocast on a CPU with AVX512-BF16/AMX; on one without, it trains exactly as
+    amp=off (fp32, same losses and weights), warns once, and keys its seconds 'fp32'."""
+    from rank1lib import train as tr
+    x, y = _data()
+    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: False, raising=False)
+    assert not tr.native_bf16("cpu") and not tr.amp_on("on", "cpu") and not tr.amp_on("auto", "cpu")
+    assert "no native bf16" in capsys.readouterr().err
+    ref_net, net = _net(seed=3), _net(seed=3)
+    ref = train(ref_net, x, y, load_profile("ci", batch_size=8, amp="off", ckpt_every=0), steps=3, progress=False)
+    out = train(net, x, y, load_profile("ci", batch_size=8, amp="on", ckpt_every=0), steps=3, seed=0,
+                ckpt_dir=tmp_path, progress=False)
+    assert out["losses"] == ref["losses"]
+    assert all(torch.equal(p, q) for p, q in zip(ref_net.state_dict().values(), net.state_dict().values()))
+    assert list(out["train_seconds_by_device"]) == [tr.precision_label("cpu", False)]
+    assert tr.precision_label("cpu", False).endswith(", fp32")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert tr.native_bf16("cpu") and tr.amp_on("on", "cpu") and not tr.amp_on("off", "cpu")
+    assert tr.precision_label("cpu", True).endswith(", bf16 autocast")

@@ -67,7 +67,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(runs, tmp_path, monkeypat
     assert v["train_seconds"] == pytest.approx(sum(v["task_train_seconds"]))
     # and split by device: all on this machine here
     from rank1lib.train import pick_device
-    here = store.device_name(pick_device(None))
+    from rank1lib.train import amp_on, precision_label
+    here = precision_label(pick_device(None), amp_on(continual.step_settings(cfg()).amp, pick_device(None)))
     assert [list(d) for d in v["task_train_seconds_by_device"]] == [[here]] * 5
     assert [d[here] for d in v["task_train_seconds_by_device"]] == pytest.approx(v["task_train_seconds"], abs=1e-9)
     # finished tasks keep no Adam state: the next task starts a fresh one

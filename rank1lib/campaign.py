@@ -386,8 +386,8 @@ def run_item(cfg, item, threads, deadline, log_dir, device=None):
                 break
     entry = {"item": item.key, "result": result, "start": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
              "wall_s": round(time.time() - t0, 1), "threads": threads, "load_start": round(load0, 2),
-             "load_end": round(os.getloadavg()[0], 2), "cpu_count": psutil.cpu_count(), "device": device,
-             "commit": store.git_commit()}
+             "load_end": round(os.getloadavg()[0], 2), "cpu_count": psutil.cpu_count(), "cpu": store.cpu_model(),
+             "device": device, "commit": store.git_commit()}
     _log_ledger(cfg, entry)
     return result, entry
 

@@ -239,8 +239,8 @@ def devices_text(rs):
             cells.update(split)
         else:
             total = sum(split.values())
-            cells.add(", ".join(f"{d} {100 * s / total:.1f}%" for d, s in
-                                sorted(split.items(), key=lambda kv: -kv[1])))
+            cells.add(" + ".join(f"{100 * s / total:.1f}% {d}" for d, s in  # names hold commas
+                                 sorted(split.items(), key=lambda kv: -kv[1])))
     return "; ".join(sorted(cells))
 
 

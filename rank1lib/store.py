@@ -115,10 +115,10 @@ def device_name(device=None) -> str:
     return f"CPU ({cpu_model()}, {os.cpu_count()} cores)"
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo="/proc/cpuinfo") -> str:
     """The processor's model name (Linux /proc/cpuinfo), else what platform reports."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path(cpuinfo).read_text().splitlines():
             if line.startswith("model name") and ":" in line:
                 return " ".join(line.split(":", 1)[1].split())
     return platform.processor() or platform.machine()

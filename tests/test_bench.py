@@ -50,3 +50,26 @@ def test_steps_are_interleaved_in_rotating_order_and_overheads_are_paired():
     # a round where the machine runs twice as slow leaves every paired ratio at +5%
     t = {"fast": [1.0, 2.0, 1.0], "pen": [1.05, 2.1, 1.05]}
     assert abs(paired_overhead(t, "fast", "pen") - 0.05) < 1e-12
+
+
+def test_bench_settings_times_bf16_as_asked_while_the_trainer_step_falls_back(monkeypatch):
+    """On a CPU without bf16 in hardware the trainer's step runs fp32 (amp_on), but `bench settings` must time
+    real bf16 autocast (literal=True), or its 'bf16 autocast' row would be an fp32 step under that name."""
+    import torch
+    from rank1lib import bench_train
+    from rank1lib.models import build_unet
+    from rank1lib.profiles import load_profile
+    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: False, raising=False)
+    seen = []
+    real = bench_train.loss_simple
+
+    def spy(*a, **kw):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real(*a, **kw)
+    monkeypatch.setattr(bench_train, "loss_simple", spy)
+    cfg = load_profile("ci", batch_size=4, amp="on", compile="off")
+    x, y = torch.zeros(8, 1, 32, 32, dtype=torch.uint8), torch.arange(8) % 10
+    for literal in (False, True):
+        bench_train.fast_step_fn(build_unet("tiny", 10), x, y, cfg, torch.device("cpu"), literal=literal)()
+    assert seen == [False, True]

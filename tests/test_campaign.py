@@ -69,7 +69,7 @@ def test_training_seconds_are_split_by_the_device_that_spent_them(tmp_path, monk
     class Rec(dict):
         values = property(lambda self: self["values"])
     rec = lambda per: Rec(values={"task_train_seconds_by_device": per}, provenance={"device": "CPU-B"})  # noqa: E731
-    assert runs.devices_text([rec([{"GPU-A": 1.0}, {"CPU-B": 199.0}])]) == "CPU-B 99.5%, GPU-A 0.5%"
+    assert runs.devices_text([rec([{"GPU-A": 1.0}, {"CPU-B": 199.0}])]) == "99.5% CPU-B + 0.5% GPU-A"
     assert runs.devices_text([rec([{"GPU-A": 5.0}, {"GPU-A": 5.0}])]) == "GPU-A"
     assert runs.devices_text([rec([{tr.UNRECORDED: 5.0}]), rec(None)]) == "CPU-B"
 
@@ -186,6 +186,7 @@ def test_campaign_runs_an_item_in_a_child_process_and_logs_it(tmp_store):
     assert campaign.item_status(cfg, vae)["state"] == "done"
     ledger = json.loads((store.results_root() / "ci" / "campaign.json").read_text())
     assert ledger[-1]["item"] == "vae" and ledger[-1]["result"] == "done" and ledger[-1]["threads"] == 1
+    assert ledger[-1]["cpu"] == store.cpu_model()  # which processor, not only how many cores
     assert "run vae --profile ci" in (tmp_store / "logs" / "ci-vae.log").read_text()
 
 

@@ -27,6 +27,7 @@ def test_provenance_keeps_a_device_given_by_name(tmp_store):
     store.save("ci", "exp", "named", {}, {"x": 1}, device="NVIDIA H200")
     assert store.load("ci", "exp", "named")["provenance"]["device"] == "NVIDIA H200"
     assert store.device_name("cpu").startswith("CPU (")
+    assert store.device_name("cpu") == f"CPU ({store.cpu_model()}, {os.cpu_count()} cores)"
     assert store.device_name("cpu:0").startswith("CPU (")
 
 
@@ -124,3 +125,13 @@ def test_book_keeps_each_figure_as_png_next_to_its_result(tmp_store):
             assert not (png.parent / "mnist-5k-base-s0.fig-other.png").exists()
     finally:
         os.chmod(png.parent, 0o755)
+
+
+def test_cpu_model_reads_the_model_name_line(tmp_path):
+    """The processor's name, as /proc/cpuinfo gives it (whitespace collapsed); platform's answer without it."""
+    import platform
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                    "model name\t: Intel(R) Xeon(R)  Platinum 8481C CPU @ 2.70GHz\nflags\t: fpu avx2\n")
+    assert store.cpu_model(info) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    assert store.cpu_model(tmp_path / "missing") == (platform.processor() or platform.machine())

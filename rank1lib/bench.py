@@ -6,6 +6,7 @@ import importlib
 import os
 import time
 
+from . import store
 from .profiles import set_args
 
 BENCHES = {}
@@ -47,11 +48,7 @@ class Contended(RuntimeError):
 
 def cpu_flags():
     """The SIMD/matrix flags of this CPU that decide kernel choices (from /proc/cpuinfo)."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    flags = set(store.cpuinfo_field("flags") or [])
     return sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
 
 
@@ -102,7 +99,6 @@ NOT_READ = ("study_steps", "cl_amp", "cl_compile")
 
 def stored_or_run(name, cfg, force=False):
     """The stored result of benchmark `name` at this profile, or run it now and store it."""
-    from . import store
     load_all()
     conf = {k: v for k, v in cfg.items() if k not in NOT_READ}
 

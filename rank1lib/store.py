@@ -115,13 +115,19 @@ def device_name(device=None) -> str:
     return f"CPU ({cpu_model()}, {os.cpu_count()} cores)"
 
 
-def cpu_model(cpuinfo="/proc/cpuinfo") -> str:
-    """The processor's model name (Linux /proc/cpuinfo), else what platform reports."""
+def cpuinfo_field(key, cpuinfo="/proc/cpuinfo"):
+    """The words of the first `key` line of /proc/cpuinfo (Linux), or None where there is none."""
     with contextlib.suppress(OSError):
         for line in Path(cpuinfo).read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                return " ".join(line.split(":", 1)[1].split())
-    return platform.processor() or platform.machine()
+            if line.startswith(key) and ":" in line:
+                return line.split(":", 1)[1].split()
+    return None
+
+
+def cpu_model(cpuinfo="/proc/cpuinfo") -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else what platform reports."""
+    words = cpuinfo_field("model name", cpuinfo)
+    return " ".join(words) if words else platform.processor() or platform.machine()
 
 
 def provenance(device=None, wall_s=None) -> dict:

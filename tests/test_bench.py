@@ -52,15 +52,13 @@ def test_steps_are_interleaved_in_rotating_order_and_overheads_are_paired():
     assert abs(paired_overhead(t, "fast", "pen") - 0.05) < 1e-12
 
 
-def test_bench_settings_times_bf16_as_asked_while_the_trainer_step_falls_back(monkeypatch):
+def test_bench_settings_times_bf16_as_asked_while_the_trainer_step_falls_back(monkeypatch, cpu_without_bf16):
     """On a CPU without bf16 in hardware the trainer's step runs fp32 (amp_on), but `bench settings` must time
     real bf16 autocast (literal=True), or its 'bf16 autocast' row would be an fp32 step under that name."""
     import torch
     from rank1lib import bench_train
     from rank1lib.models import build_unet
     from rank1lib.profiles import load_profile
-    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        monkeypatch.setattr(torch.cpu, flag, lambda: False, raising=False)
     seen = []
     real = bench_train.loss_simple
 

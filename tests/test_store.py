@@ -134,4 +134,5 @@ def test_cpu_model_reads_the_model_name_line(tmp_path):
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
                     "model name\t: Intel(R) Xeon(R)  Platinum 8481C CPU @ 2.70GHz\nflags\t: fpu avx2\n")
     assert store.cpu_model(info) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    assert store.cpuinfo_field("flags", info) == ["fpu", "avx2"] and store.cpuinfo_field("bogus", info) is None
     assert store.cpu_model(tmp_path / "missing") == (platform.processor() or platform.machine())

@@ -69,6 +69,16 @@ def task_classes(name):
     return [list(range(k * per, (k + 1) * per)) for k in range(s.n_tasks)]
 
 
+FMNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                "Ankle boot")  # Fashion-MNIST's labels 0..9
+
+
+def class_label(name, c):
+    """A class as readers know it: 'class 2 (Pullover)' on Fashion-MNIST, 'class 2' elsewhere."""
+    check_name(name)
+    return f"class {c}" + (f" ({FMNIST_NAMES[c]})" if name == "fmnist" else "")
+
+
 def pad_to_32(x):
     """(N, 28, 28) uint8 -> (N, 1, 32, 32), zero padding of 2 px."""
     x = torch.as_tensor(np.array(x, dtype=np.uint8)).reshape(-1, 1, 28, 28)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from . import continual, store
+from .claims import CL_DATASETS
 from .continual import TABLE1
 from .profiles import set_args
 from .registry import experiment
@@ -56,6 +57,16 @@ def dataset_cfg(cfg, dataset):
         over = {"train_per_class": 400, "fid_per_class": 100}
         return Config(cfg, **{k: v for k, v in over.items() if cfg[k] == 0})
     return cfg
+
+
+def tier_datasets(cfg):
+    """Datasets a profile's continual chapters show: both of the cpu tier's, else the profile's own."""
+    return list(CL_DATASETS) if cfg.name == "cpu" else [cfg.dataset]
+
+
+def tier_seeds(cfg, dataset):
+    """Seeds the profile runs on `dataset`: the cpu tier runs Fashion-MNIST on the first seed only."""
+    return list(cfg.seeds[:1] if cfg.name == "cpu" and dataset == "fmnist" else cfg.seeds)
 
 
 def result_name(cfg, dataset, method, seed):

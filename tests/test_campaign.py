@@ -403,3 +403,17 @@ def test_bf16_autocast_only_where_the_device_does_bf16_in_hardware(tmp_path, mon
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert tr.native_bf16("cpu") and tr.amp_on("on", "cpu") and not tr.amp_on("off", "cpu")
     assert tr.precision_label("cpu", True).endswith(", bf16 autocast")
+
+
+def test_the_continual_chapters_show_every_dataset_and_seed_the_campaign_runs(tmp_store):
+    """runs.tier_datasets / tier_seeds (what chapters 5 and 6 show) against the campaign's own Table-1
+    items: at cpu, mnist-5k on seeds 0-2 and Fashion-MNIST on seed 0; at ci, only the profile's dataset."""
+    from rank1lib import campaign, runs
+    from rank1lib.continual import TABLE1
+    cfg = load_profile("cpu")
+    planned = {(i.dataset, i.seed) for i in campaign.table1_items(cfg)
+               if not i.sets and i.cmds[0].method in TABLE1}
+    shown = {(d, s) for d in runs.tier_datasets(cfg) for s in runs.tier_seeds(cfg, d)}
+    assert shown == planned == {("mnist-5k", 0), ("mnist-5k", 1), ("mnist-5k", 2), ("fmnist", 0)}
+    ci = load_profile("ci")
+    assert runs.tier_datasets(ci) == [ci.dataset] and runs.tier_seeds(ci, "fmnist") == list(ci.seeds)

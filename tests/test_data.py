@@ -124,3 +124,14 @@ def test_missing_data_message(tmp_path):
     assert "python -m rank1lib fetch mnist" in str(e.value)
     with pytest.raises(ValueError, match="valid: mnist, mnist-5k"):
         data.load("svhn")
+
+
+def test_fashion_mnist_class_names_match_torchvision():
+    """Figure 5's class names against torchvision's own list of Fashion-MNIST labels."""
+    import torchvision
+    from rank1lib.data import class_label
+    for c, name in enumerate(torchvision.datasets.FashionMNIST.classes):
+        assert class_label("fmnist", c) == f"class {c} ({name})"
+    assert class_label("mnist-5k", 3) == "class 3"
+    with pytest.raises(ValueError, match="unknown dataset"):
+        class_label("mnsit", 3)

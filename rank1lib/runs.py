@@ -69,6 +69,16 @@ def tier_seeds(cfg, dataset):
     return list(cfg.seeds[:1] if cfg.name == "cpu" and dataset == "fmnist" else cfg.seeds)
 
 
+def partial_note(cfg, dataset, part):
+    """The line over a partial Table 1 (seed 0 of some methods): what is stored, what is still pending."""
+    seeds = tier_seeds(cfg, dataset)
+    missing = [NAMES[m] for m in TABLE1 if m not in part]
+    told = [f"{len(part)} of {len(TABLE1)} methods stored"] + [f"pending: {', '.join(missing)}"] * bool(missing)
+    told += [f"seeds {', '.join(map(str, seeds[1:]))} pending"] * (len(seeds) > 1)
+    return (f"**{dataset}, partial** (profile `{cfg.name}`, seed {seeds[0]} only): {'; '.join(told)}. "
+            "The verdicts below use the seeds stored for every method they compare.")
+
+
 def result_name(cfg, dataset, method, seed):
     """Stored name of a run; penalty methods carry lambda, so a lambda-sweep point and the Table-1 run
     at the same lambda are one result."""

@@ -417,3 +417,17 @@ def test_the_continual_chapters_show_every_dataset_and_seed_the_campaign_runs(tm
     assert shown == planned == {("mnist-5k", 0), ("mnist-5k", 1), ("mnist-5k", 2), ("fmnist", 0)}
     ci = load_profile("ci")
     assert runs.tier_datasets(ci) == [ci.dataset] and runs.tier_seeds(ci, "fmnist") == list(ci.seeds)
+
+
+def test_a_partial_table1_says_what_is_stored_and_what_is_pending():
+    """The line over a partial Table 1, hand-written: mnist-5k at cpu still owes seeds 1 and 2; Fashion-MNIST
+    runs seed 0 only, so with all six methods nothing but the seed-0 label remains."""
+    from rank1lib import runs
+    from rank1lib.continual import TABLE1
+    cfg = load_profile("cpu")
+    tail = ". The verdicts below use the seeds stored for every method they compare."
+    assert runs.partial_note(cfg, "mnist-5k", {"joint": [], "gd": []}) == (
+        "**mnist-5k, partial** (profile `cpu`, seed 0 only): 2 of 6 methods stored; pending: Diag w/o GD, "
+        "Rank-1 w/o GD, Diag + GD, Rank-1 + GD (paper's method); seeds 1, 2 pending" + tail)
+    assert runs.partial_note(cfg, "fmnist", dict.fromkeys(TABLE1)) == (
+        "**fmnist, partial** (profile `cpu`, seed 0 only): 6 of 6 methods stored" + tail)

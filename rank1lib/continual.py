@@ -6,7 +6,8 @@ gd (generative distillation only), diag-gd, rank1-gd (ours) and rankk-gd (app. E
 
 Every task starts a fresh Adam. After task k the loop writes, under
 ckpt_root()/continual/<profile>/<dataset>-s<seed>-<config hash>/<lineage>/task<k>/:
-  ckpt/ (train.train's exact-resume checkpoint), train.json, eval-<tag>.json (FID and KID), samples-<tag>.pt,
+  ckpt/ (train.train's exact-resume checkpoint), train.json, eval-<tag>.json (FID and KID; eval-<tag>.part.json
+  holds the tasks already scored while it is computed), samples-<tag>.pt,
   stats-<kind>.pt (mu and c*, diagonal Fisher or rank-k pairs) and pool.pt (replay pool).
 Task 1 is identical for every continual method (no penalty, no replay yet), so it lives in the
 shared lineage `shared`. A rerun loads what exists and computes only what is missing, so an
@@ -177,17 +178,21 @@ class Evaluator:
         ref, mu, sigma = self.ref_features(i)
         return fid.frechet_distance(mu, sigma, feats2=feats), fid.kid(ref, feats)
 
-    def row(self, model, k):
-        """{"fid": [FID_i(m_k)], "kid": [KID_i(m_k)]} for tasks i = 0..k, generating all images in one pass."""
-        out = {"fid": [], "kid": []}
+    def row(self, model, k, partial=None):
+        """{"fid": [FID_i(m_k)], "kid": [KID_i(m_k)]} for tasks i = 0..k. Each task's images have their own
+        seed, so with `partial` (a JSON path) every finished task is saved at once and a rerun after an
+        interruption computes only the missing tasks, with the same numbers; the file goes when the row is done."""
+        done = _load(partial, True) if partial is not None and partial.exists() else {}
         for i in range(k + 1):
+            if str(i) in done:
+                continue
             y = self.reference(i)[1]
             im = ddim_sample(model, y, steps=self.cfg.ddim_steps, seed=10_000 + i, batch_size=self.cfg.sample_batch,
                              progress=False, amp=amp_on(self.cfg.amp, self.device))
-            f, kd = self.scores(i, fid.features(self.metric, im))
-            out["fid"].append(f)
-            out["kid"].append(kd)
-        return out
+            done[str(i)] = self.scores(i, fid.features(self.metric, im))
+            if partial is not None and distributed.is_main():
+                _save_json(done, partial)
+        return {"fid": [done[str(i)][0] for i in range(k + 1)], "kid": [done[str(i)][1] for i in range(k + 1)]}
 
     def floor(self, i):
         """(FID, KID) of task i's reference against as many real training images of the same classes (the
@@ -319,7 +324,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
             inf = train_task(net, x, y, cfg, d, seed, 99, None, f"joint ({T} tasks at once)", stop, device, progress)
             if inf is None:
                 return None
-            ev_row = cached(d / f"eval-{eval_tag(cfg)}.json", lambda: ev.row(net, T - 1), as_json=True)
+            ev_row = evaluate(ev, net, T - 1, d, cfg)
             M[-1], K[-1] = ev_row["fid"], ev_row["kid"]
             info.append(inf)
             shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
@@ -338,7 +343,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
             if inf is None:
                 return None
             info.append(inf)
-            ev_row = cached(d / f"eval-{eval_tag(cfg)}.json", lambda: ev.row(net, k), as_json=True)
+            ev_row = evaluate(ev, net, k, d, cfg)
             M[k, :k + 1], K[k, :k + 1] = ev_row["fid"], ev_row["kid"]
             shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
             if k == T - 1:
@@ -355,6 +360,16 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
                                                        amp_on(cfg.amp, device), progress))
                 distill = replay.Distillation(replay.frozen_copy(net), pool[0], pool[1], cfg.batch_size)
     return summarise(cfg, dataset, method, seed, (M, K, floors(ev, root, T)), info, shots, net, n_fid)
+
+
+def evaluate(ev, net, k, d, cfg):
+    """The cached evaluation row of the model after task k (resumable per task through a .part file)."""
+    f = d / f"eval-{eval_tag(cfg)}.json"
+    part = d / f"eval-{eval_tag(cfg)}.part.json"
+    row = cached(f, lambda: ev.row(net, k, part), as_json=True)
+    if distributed.is_main():
+        part.unlink(missing_ok=True)
+    return row
 
 
 def stat_name(cfg, kind):

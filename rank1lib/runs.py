@@ -176,7 +176,7 @@ def plot_afid(ax, recs, title):
         style = dict(marker="*", ms=12, ls="none") if m == "joint" else dict(marker="o")
         ax.errorbar(k[ok], mean[ok], yerr=se[ok], label=NAMES[m], capsize=3, color=COLORS[m], **style)
     ax.set(xlabel="task k", ylabel="A-FID@k", title=title, xticks=list(k))
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)  # below: no curve hidden
 
 
 def fid_matrix(recs):

@@ -99,6 +99,34 @@ def test_torn_caches_are_set_aside_and_recomputed_to_the_same_result(runs, tmp_p
     assert all(f.exists() and list(f.parent.glob(f.name + ".bad-*")) for f in torn)
 
 
+def test_an_evaluation_stopped_midway_resumes_per_task(runs, tmp_path, monkeypatch):
+    """A stop during the last task's evaluation keeps the tasks already scored (eval-*.part.json): the
+    rerun scores only the others and gives the uninterrupted run's FID matrix; the .part file goes."""
+    ref = runs["rank1"][1]["fid"]
+    monkeypatch.setenv("RANK1_CKPT", str(tmp_path))
+    real, calls = continual.Evaluator.scores, []
+
+    class Stop(Exception):
+        pass
+
+    def scores(self, i, feats):
+        calls.append(i)
+        if len(calls) == 1 + 2 + 3 + 4 + 3:  # rows after tasks 1-4, then task 3 of the row after task 5
+            raise Stop
+        return real(self, i, feats)
+    monkeypatch.setattr(continual.Evaluator, "scores", scores)
+    with pytest.raises(Stop):
+        continual.run(cfg(), "mnist-5k", "rank1", 0, progress=False)
+    import json
+    (part,) = tmp_path.rglob("eval-*.part.json")
+    assert part.parent.name == "task5" and sorted(json.loads(part.read_text())) == ["0", "1"]
+    calls.clear()
+    v, a = continual.run(cfg(), "mnist-5k", "rank1", 0, progress=False)
+    assert calls[:3] == [2, 3, 4]  # then the five real-vs-real floors
+    np.testing.assert_array_equal(a["fid"], ref)
+    assert not list(tmp_path.rglob("eval-*.part.json"))
+
+
 def test_two_methods_at_once_share_task_one(runs, tmp_path):
     """`run continual --method gd` and `--method rank1-gd` started together (the obvious use of two
     GPUs) share the task-1 lineage under a lock: both finish, task 1 is trained once, and each

@@ -110,17 +110,23 @@ def _load(path, as_json):
     return torch.load(path, map_location=None if torch.cuda.is_available() else "cpu", weights_only=False)
 
 
+def _read(path, as_json):
+    """(contents, True) of a readable cached file; (None, False) when it is absent or unreadable (then
+    moved aside, one line on stderr)."""
+    if path.exists():
+        try:
+            return _load(path, as_json), True
+        except Exception as e:  # noqa: BLE001 - truncated or foreign file: recompute
+            if distributed.is_main():
+                store.set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    return None, False
+
+
 def cached(path, compute, as_json=False):
     """Load path if present and readable, else compute(), save atomically and return it. An
     unreadable file is moved aside (one line on stderr) and recomputed. In a multi-process run all
     ranks compute when any rank lacks the file (compute() may be collective); rank 0 writes it."""
-    obj, found = None, False
-    if path.exists():
-        try:
-            obj, found = _load(path, as_json), True
-        except Exception as e:  # noqa: BLE001 - truncated or foreign file: recompute
-            if distributed.is_main():
-                store.set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    obj, found = _read(path, as_json)
     if not distributed.any_rank(not found):
         return obj
     obj = compute()
@@ -182,7 +188,7 @@ class Evaluator:
         """{"fid": [FID_i(m_k)], "kid": [KID_i(m_k)]} for tasks i = 0..k. Each task's images have their own
         seed, so with `partial` (a JSON path) every finished task is saved at once and a rerun after an
         interruption computes only the missing tasks, with the same numbers; the file goes when the row is done."""
-        done = _load(partial, True) if partial is not None and partial.exists() else {}
+        done = (_read(partial, True)[0] or {}) if partial is not None else {}
         for i in range(k + 1):
             if str(i) in done:
                 continue

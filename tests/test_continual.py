@@ -99,9 +99,11 @@ def test_torn_caches_are_set_aside_and_recomputed_to_the_same_result(runs, tmp_p
     assert all(f.exists() and list(f.parent.glob(f.name + ".bad-*")) for f in torn)
 
 
-def test_an_evaluation_stopped_midway_resumes_per_task(runs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("torn", [False, True])
+def test_an_evaluation_stopped_midway_resumes_per_task(runs, tmp_path, monkeypatch, torn):
     """A stop during the last task's evaluation keeps the tasks already scored (eval-*.part.json): the
-    rerun scores only the others and gives the uninterrupted run's FID matrix; the .part file goes."""
+    rerun scores only the others and gives the uninterrupted run's FID matrix; the .part file goes.
+    A torn .part file is moved aside and the whole row is scored again, to the same numbers."""
     ref = runs["rank1"][1]["fid"]
     monkeypatch.setenv("RANK1_CKPT", str(tmp_path))
     real, calls = continual.Evaluator.scores, []
@@ -120,11 +122,14 @@ def test_an_evaluation_stopped_midway_resumes_per_task(runs, tmp_path, monkeypat
     import json
     (part,) = tmp_path.rglob("eval-*.part.json")
     assert part.parent.name == "task5" and sorted(json.loads(part.read_text())) == ["0", "1"]
+    if torn:
+        part.write_bytes(part.read_bytes()[:-3])
     calls.clear()
     v, a = continual.run(cfg(), "mnist-5k", "rank1", 0, progress=False)
-    assert calls[:3] == [2, 3, 4]  # then the five real-vs-real floors
+    assert calls[:5] == ([0, 1, 2, 3, 4] if torn else [2, 3, 4, 0, 1])  # then the real-vs-real floors
     np.testing.assert_array_equal(a["fid"], ref)
     assert not list(tmp_path.rglob("eval-*.part.json"))
+    assert bool(list(part.parent.glob(part.name + ".bad-*"))) == torn
 
 
 def test_two_methods_at_once_share_task_one(runs, tmp_path):

@@ -37,6 +37,14 @@ GD_COST = 2.3  # a step with generative distillation (128 real + 128 replay) vs 
 SEC_PER_IMAGE_1T = 0.75
 EXIT_DEADLINE = 3
 _STOP = threading.Event()  # set by Ctrl-C / SIGTERM: children are asked to checkpoint and stop
+_SAY = threading.Lock()
+
+
+def _say(line):
+    """Print one whole line from a worker thread (two threads' print() calls can interleave text and newline)."""
+    with _SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 @dataclass
@@ -432,21 +440,20 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
         while queue and time.time() < deadline - 60 and not _STOP.is_set():
             item = queue.pop(0)
             if item.minutes and time.time() + item.minutes * 60 > deadline:
-                print(f"[w{w}] {item.key}: takes about {item.minutes:g} min, more than is left; not started",
-                      flush=True)
+                _say(f"[w{w}] {item.key}: takes about {item.minutes:g} min, more than is left; not started")
                 continue
             lock = FileLock(str(store.results_root() / cfg.name / f"item-{item.key}.lock"))
             try:
                 lock.acquire(timeout=0)
             except Timeout:
-                print(f"[w{w}] {item.key}: another campaign holds it, skipped", flush=True)
+                _say(f"[w{w}] {item.key}: another campaign holds it, skipped")
                 continue
             try:
-                print(f"[w{w}] {item.key}: started ({item.title})", flush=True)
+                _say(f"[w{w}] {item.key}: started ({item.title})")
                 result, e = run_item(cfg, item, threads, deadline, log_dir, devices[w] if devices else None)
                 st = item_status(cfg, item)
                 prog = f", step {st['step']}/{st['steps']}" if st["steps"] else ""
-                print(f"[w{w}] {item.key}: {result} after {_fmt_s(e['wall_s'])}; now {st['state']}{prog}", flush=True)
+                _say(f"[w{w}] {item.key}: {result} after {_fmt_s(e['wall_s'])}; now {st['state']}{prog}")
             finally:
                 lock.release()
 

@@ -4,6 +4,7 @@ the peak memory of the Gram path on the 35.7M-parameter cl UNet.
 python -m rank1lib bench fisher --profile P [--json]
 """
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -24,9 +25,12 @@ from .train import pick_device
 P_DENSE = {"ci": 1500, "quick": 3000, "cpu": 8000, "gpu": 30000, "paper": 30000}
 
 
-def _timed(fn, repeat=1):
-    """Best wall time of `repeat` calls (CUDA-synchronised) and the last result."""
-    best, out = float("inf"), None
+REPEATS = 5  # every time below is the median of REPEATS calls after a warm-up (issue 8)
+
+
+def _timed(fn, repeat=REPEATS):
+    """(median wall time of `repeat` calls (CUDA-synchronised), (min, max) of them, the last result)."""
+    times, out = [], None
     for _ in range(repeat):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -34,8 +38,12 @@ def _timed(fn, repeat=1):
         out = fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), (min(times), max(times)), out
+
+
+def _spread(lo_hi) -> str:
+    return f"median of {REPEATS} after a warm-up; range {lo_hi[0]:.3g}-{lo_hi[1]:.3g} s"
 
 
 def _samples(cfg, n, seed, t=None):
@@ -58,10 +66,12 @@ def gram_vs_dense(cfg, net, p_dense, k=5):
     def dense():
         return torch.linalg.eigvalsh(G.T @ G / n).flip(0)[:k].cpu()
 
-    t_gram, lam_g = _timed(gram, repeat=3)
-    t_dense, lam_d = _timed(dense)
+    gram(), dense()  # warm-up
+    t_gram, r_gram, lam_g = _timed(gram)
+    t_dense, r_dense, lam_d = _timed(dense)
     err = float(((lam_g - lam_d).abs() / lam_d.abs()).max())
-    return {"P": G.shape[1], "N": n, "t_gram": t_gram, "t_dense": t_dense, "err": err}
+    return {"P": G.shape[1], "N": n, "t_gram": t_gram, "t_dense": t_dense, "err": err,
+            "r_gram": r_gram, "r_dense": r_dense}
 
 
 def batched_vs_loop(cfg, net):
@@ -71,10 +81,10 @@ def batched_vs_loop(cfg, net):
     n = cfg.mu_samples
     fisher.mu_c_star(net, x, y, 2, seed=0)  # warm-up of both paths
     fisher.mu_c_star_loop(net, x, y, 2, seed=0)
-    t_b, st = _timed(lambda: fisher.task_stats(net, x, y, n, seed=5, chunk=64))
-    t_l, (mu_ref, c_ref) = _timed(lambda: fisher.mu_c_star_loop(net, x, y, n, seed=5))
+    t_b, r_b, st = _timed(lambda: fisher.task_stats(net, x, y, n, seed=5, chunk=64))
+    t_l, r_l, (mu_ref, c_ref) = _timed(lambda: fisher.mu_c_star_loop(net, x, y, n, seed=5))
     mu_err = float((st.mu - mu_ref).abs().max() / mu_ref.abs().max())
-    return {"N": n, "t_batched": t_b, "t_loop": t_l, "mu_err": mu_err,
+    return {"N": n, "t_batched": t_b, "t_loop": t_l, "mu_err": mu_err, "r_batched": r_b, "r_loop": r_l,
             "c_err": abs(st.c_star - c_ref) / abs(c_ref), "route": st.route}
 
 
@@ -86,9 +96,10 @@ def per_sample_methods(cfg, net, n=256, chunk=64):
     for m in ("hooks", "vmap"):
         fisher.per_sample_grads(net, x0[:chunk], y[:chunk], t[:chunk], eps[:chunk], chunk=chunk, method=m)  # warm-up
         out[m] = _timed(lambda: fisher.flatten_grads(
-            fisher.per_sample_grads(net, x0, y, t, eps, chunk=chunk, method=m), fisher.param_names(net)), repeat=3)
-    diff = float((out["hooks"][1] - out["vmap"][1]).abs().max() / out["vmap"][1].abs().max())
-    return {"N": n, "chunk": chunk, "t_hooks": out["hooks"][0], "t_vmap": out["vmap"][0], "diff": diff}
+            fisher.per_sample_grads(net, x0, y, t, eps, chunk=chunk, method=m), fisher.param_names(net)))
+    diff = float((out["hooks"][2] - out["vmap"][2]).abs().max() / out["vmap"][2].abs().max())
+    return {"N": n, "chunk": chunk, "t_hooks": out["hooks"][0], "t_vmap": out["vmap"][0], "diff": diff,
+            "r_hooks": out["hooks"][1], "r_vmap": out["vmap"][1]}
 
 
 def cl_gram_peak(n, block_bytes=None):
@@ -137,8 +148,10 @@ def bench_fisher(cfg):
     rows = [
         {"measure": "eigenvalues: Gram vs dense eigh (top 5, max rel. err.)", "value": gd["err"], "goal": "<= 1e-4",
          "setting": f"{cfg.analysis_model} gradient block P = {gd['P']}, N = {gd['N']}, float64"},
-        {"measure": "Gram path time (s)", "value": gd["t_gram"], "goal": "", "setting": "K = G G^T/N + eigvalsh(K)"},
-        {"measure": "dense path time (s)", "value": gd["t_dense"], "goal": "", "setting": "F = G^T G/N + eigvalsh(F)"},
+        {"measure": "Gram path time (s)", "value": gd["t_gram"], "goal": "",
+         "setting": f"K = G G^T/N + eigvalsh(K); {_spread(gd['r_gram'])}"},
+        {"measure": "dense path time (s)", "value": gd["t_dense"], "goal": "",
+         "setting": f"F = G^T G/N + eigvalsh(F); {_spread(gd['r_dense'])}"},
         {"measure": "Gram vs dense speed-up", "value": gd["t_dense"] / gd["t_gram"], "goal": ">= 100x",
          "setting": f"P = {gd['P']} (dense F at the base model's P ~ 1.5e5 would need 180 GB)"},
         {"measure": "mu: batched vs loop (max abs. err. / max |mu|)", "value": bl["mu_err"], "goal": "<= 1e-5",
@@ -150,14 +163,16 @@ def bench_fisher(cfg):
              f"its first {CHECK} samples checked against a summed backward)"
              if bl["route"].startswith("gradients") else
              "backward of the summed loss, then one forward + backward with layer hooks for mu^T g_i "
-             f"(its first {CHECK} samples checked by a double backward)")},
-        {"measure": "loop mu, c* time (s)", "value": bl["t_loop"], "goal": "", "setting": "one backward per sample"},
+             f"(its first {CHECK} samples checked by a double backward)") + f"; {_spread(bl['r_batched'])}"},
+        {"measure": "loop mu, c* time (s)", "value": bl["t_loop"], "goal": "",
+         "setting": f"one backward per sample; {_spread(bl['r_loop'])}"},
         {"measure": "batched vs loop speed-up", "value": bl["t_loop"] / bl["t_batched"], "goal": ">= 5x on CPU",
          "setting": ""},
         {"measure": "per-sample gradients by layer hooks (s)", "value": ps["t_hooks"], "goal": "",
-         "setting": f"{cfg.analysis_model}, N = {ps['N']}, chunks of {ps['chunk']} (best of 3)"},
+         "setting": f"{cfg.analysis_model}, N = {ps['N']}, chunks of {ps['chunk']}; {_spread(ps['r_hooks'])}"},
         {"measure": "per-sample gradients by vmap (s)", "value": ps["t_vmap"], "goal": "",
-         "setting": f"same samples; hooks vs vmap max |diff| / max |g| = {ps['diff']:.1e}; the faster is "
+         "setting": f"same samples; {_spread(ps['r_vmap'])}; hooks vs vmap max |diff| / max |g| = "
+                    f"{ps['diff']:.1e}; the faster is "
                     f"fisher.AUTO_METHOD (now {fisher.AUTO_METHOD.get(dev.type, 'vmap')} on {dev.type})"},
     ]
     if mem is not None:
@@ -167,6 +182,7 @@ def bench_fisher(cfg):
     summary = {"eig_max_rel_err": gd["err"], "gram_vs_dense_speedup": gd["t_dense"] / gd["t_gram"],
                "dense_P": gd["P"], "gram_N": gd["N"], "mu_max_rel_err": max(bl["mu_err"], bl["c_err"]),
                "batched_vs_loop_speedup": bl["t_loop"] / bl["t_batched"], "mu_N": bl["N"], "mu_route": bl["route"],
+               "repeats": REPEATS,
                "per_sample_hooks_s": ps["t_hooks"], "per_sample_vmap_s": ps["t_vmap"], "per_sample_N": ps["N"],
                "cl_gram_peak_gb": peak, "cl_gram_peak_how": how if mem else None,
                "cl_N": mem and mem["N"], "cl_params": mem and mem["params"],

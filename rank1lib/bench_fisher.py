@@ -4,7 +4,6 @@ the peak memory of the Gram path on the 35.7M-parameter cl UNet.
 python -m rank1lib bench fisher --profile P [--json]
 """
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import torch
 from . import fisher
 from .analysis import analysis_data
 from .bench import benchmark
+from .bench_train import median
 from .consolidate import CHECK
 from .models import build_unet, n_params
 from .store import REPO, device_name
@@ -39,10 +39,11 @@ def _timed(fn, repeat=REPEATS):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), (min(times), max(times)), out
+    return median(times), (min(times), max(times)), out
 
 
 def _spread(lo_hi) -> str:
+    """How a time was taken, for a row's setting."""
     return f"median of {REPEATS} after a warm-up; range {lo_hi[0]:.3g}-{lo_hi[1]:.3g} s"
 
 

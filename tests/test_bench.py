@@ -76,11 +76,7 @@ def test_bench_settings_times_bf16_as_asked_while_the_trainer_step_falls_back(mo
 def test_bench_fisher_times_are_medians_of_repeats_with_their_range(monkeypatch):
     from rank1lib import bench_fisher
     durations = [5.0, 1.0, 3.0, 2.0, 4.0]  # hand-written: median 3, range 1-5
-    clock = [0.0]
-    ticks = []
-    for d in durations:
-        ticks += [clock[0], clock[0] + d]
-        clock[0] += d + 10
+    ticks = [t for i, d in enumerate(durations) for t in (100.0 * i, 100.0 * i + d)]  # (start, end) per call
     monkeypatch.setattr(bench_fisher.time, "perf_counter", lambda: ticks.pop(0))
     calls = []
     med, (lo, hi), out = bench_fisher._timed(lambda: calls.append(1) or len(calls), repeat=5)

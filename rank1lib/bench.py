@@ -39,6 +39,31 @@ def print_table(rows):
         print("  ".join(fmt(r.get(c, "")).ljust(width[c]) for c in cols))
 
 
+def median(xs):
+    """The upper median (the middle element for an odd count)."""
+    return sorted(xs)[len(xs) // 2]
+
+
+def timed(fn, repeat, warmup=0):
+    """(median wall time of `repeat` calls of fn() after `warmup` calls, (min, max) of them, the last
+    result); CUDA is synchronised around each call when it is in use. The one timing loop of both benchmarks."""
+    import torch
+
+    def sync():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+    for _ in range(warmup):
+        fn()
+    times, out = [], None
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return median(times), (min(times), max(times)), out
+
+
 CONTENDED_CPU_PERCENT = 25.0  # other processes using more than a quarter of one core
 
 

@@ -12,8 +12,7 @@ import torch
 
 from . import fisher
 from .analysis import analysis_data
-from .bench import benchmark
-from .bench_train import median
+from .bench import benchmark, timed
 from .consolidate import CHECK
 from .models import build_unet, n_params
 from .store import REPO, device_name
@@ -26,20 +25,6 @@ P_DENSE = {"ci": 1500, "quick": 3000, "cpu": 8000, "gpu": 30000, "paper": 30000}
 
 
 REPEATS = 5  # every time below is the median of REPEATS calls after a warm-up (issue 8)
-
-
-def _timed(fn, repeat=REPEATS):
-    """(median wall time of `repeat` calls (CUDA-synchronised), (min, max) of them, the last result)."""
-    times, out = [], None
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return median(times), (min(times), max(times)), out
 
 
 def _spread(lo_hi) -> str:
@@ -68,8 +53,8 @@ def gram_vs_dense(cfg, net, p_dense, k=5):
         return torch.linalg.eigvalsh(G.T @ G / n).flip(0)[:k].cpu()
 
     gram(), dense()  # warm-up
-    t_gram, r_gram, lam_g = _timed(gram)
-    t_dense, r_dense, lam_d = _timed(dense)
+    t_gram, r_gram, lam_g = timed(gram, REPEATS)
+    t_dense, r_dense, lam_d = timed(dense, REPEATS)
     err = float(((lam_g - lam_d).abs() / lam_d.abs()).max())
     return {"P": G.shape[1], "N": n, "t_gram": t_gram, "t_dense": t_dense, "err": err,
             "r_gram": r_gram, "r_dense": r_dense}
@@ -82,8 +67,8 @@ def batched_vs_loop(cfg, net):
     n = cfg.mu_samples
     fisher.mu_c_star(net, x, y, 2, seed=0)  # warm-up of both paths
     fisher.mu_c_star_loop(net, x, y, 2, seed=0)
-    t_b, r_b, st = _timed(lambda: fisher.task_stats(net, x, y, n, seed=5, chunk=64))
-    t_l, r_l, (mu_ref, c_ref) = _timed(lambda: fisher.mu_c_star_loop(net, x, y, n, seed=5))
+    t_b, r_b, st = timed(lambda: fisher.task_stats(net, x, y, n, seed=5, chunk=64), REPEATS)
+    t_l, r_l, (mu_ref, c_ref) = timed(lambda: fisher.mu_c_star_loop(net, x, y, n, seed=5), REPEATS)
     mu_err = float((st.mu - mu_ref).abs().max() / mu_ref.abs().max())
     return {"N": n, "t_batched": t_b, "t_loop": t_l, "mu_err": mu_err, "r_batched": r_b, "r_loop": r_l,
             "c_err": abs(st.c_star - c_ref) / abs(c_ref), "route": st.route}
@@ -96,8 +81,8 @@ def per_sample_methods(cfg, net, n=256, chunk=64):
     out = {}
     for m in ("hooks", "vmap"):
         fisher.per_sample_grads(net, x0[:chunk], y[:chunk], t[:chunk], eps[:chunk], chunk=chunk, method=m)  # warm-up
-        out[m] = _timed(lambda: fisher.flatten_grads(
-            fisher.per_sample_grads(net, x0, y, t, eps, chunk=chunk, method=m), fisher.param_names(net)))
+        out[m] = timed(lambda: fisher.flatten_grads(
+            fisher.per_sample_grads(net, x0, y, t, eps, chunk=chunk, method=m), fisher.param_names(net)), REPEATS)
     diff = float((out["hooks"][2] - out["vmap"][2]).abs().max() / out["vmap"][2].abs().max())
     return {"N": n, "chunk": chunk, "t_hooks": out["hooks"][0], "t_vmap": out["vmap"][0], "diff": diff,
             "r_hooks": out["hooks"][1], "r_vmap": out["vmap"][1]}

@@ -7,7 +7,7 @@ import time
 import torch
 
 from . import fid, store
-from .bench import benchmark
+from .bench import benchmark, median, timed
 from .diffusion import alpha_bar, ddim_sample, loss_simple, to_model_range
 from .models import build_unet, n_params
 from .profiles import Config
@@ -19,29 +19,15 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def median(xs):
-    """The upper median (the middle element for an odd count)."""
-    return sorted(xs)[len(xs) // 2]
-
-
 def image_pool(b, g):
     """8 batches of random uint8 images and labels: step times do not depend on the pixels."""
     return (torch.randint(0, 256, (b * 8, 1, 32, 32), dtype=torch.uint8, generator=g),
             torch.randint(0, 10, (b * 8,), generator=g))
 
 
-def median_step_time(step, n, warmup, device):
+def median_step_time(step, n, warmup):
     """Median wall time of `step()` over n calls after `warmup` calls."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return median(times)
+    return timed(step, n, warmup)[0]
 
 
 def interleaved_step_times(steps, rounds, warmup, device):
@@ -69,12 +55,12 @@ def paired_overhead(times, base, other):
     return median([o / b - 1 for o, b in zip(times[other], times[base])])
 
 
-def penalty_seconds(penalty, model, n, device):
+def penalty_seconds(penalty, model, n):
     """Median time of the penalty's forward + backward alone (what it adds to a step)."""
     def call():
         penalty(model).backward()
         model.zero_grad(set_to_none=True)
-    return median_step_time(call, n, 3, device)
+    return median_step_time(call, n, 3)
 
 
 def naive_step_fn(model, x, y, cfg, device):
@@ -186,14 +172,14 @@ def bench_train(cfg):
         return build_unet(cfg.model, 10, 1).to(device).train()
 
     m = model()
-    t_naive = median_step_time(naive_step_fn(m, x, y, cfg, device), n, warm, device)
+    t_naive = median_step_time(naive_step_fn(m, x, y, cfg, device), n, warm)
     m = model()
     r1, dg = penalties(m)
     times = interleaved_step_times({"fast": fast_step_fn(m, x, y, cfg, device),
                                     "rank1": fast_step_fn(m, x, y, cfg, device, r1),
                                     "diag": fast_step_fn(m, x, y, cfg, device, dg)}, n, warm, device)
     t_fast, t_r1, t_dg = (median(times[k]) for k in ("fast", "rank1", "diag"))
-    p_r1, p_dg = (penalty_seconds(p, m, 5 * n, device) for p in (r1, dg))
+    p_r1, p_dg = (penalty_seconds(p, m, 5 * n) for p in (r1, dg))
     rows = [{"measurement": "naive step (fp32 eager, DataLoader)", "seconds": t_naive, "images_per_s": b / t_naive},
             {"measurement": "optimised step", "seconds": t_fast, "images_per_s": b / t_fast},
             {"measurement": "optimised + rank-1 penalty (4 past tasks)", "seconds": t_r1, "images_per_s": b / t_r1},

@@ -73,12 +73,12 @@ def test_bench_settings_times_bf16_as_asked_while_the_trainer_step_falls_back(mo
     assert seen == [False, True]
 
 
-def test_bench_fisher_times_are_medians_of_repeats_with_their_range(monkeypatch):
-    from rank1lib import bench_fisher
+def test_benchmark_times_are_medians_of_repeats_with_their_range(monkeypatch):
+    from rank1lib import bench, bench_fisher
     durations = [5.0, 1.0, 3.0, 2.0, 4.0]  # hand-written: median 3, range 1-5
     ticks = [t for i, d in enumerate(durations) for t in (100.0 * i, 100.0 * i + d)]  # (start, end) per call
-    monkeypatch.setattr(bench_fisher.time, "perf_counter", lambda: ticks.pop(0))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: ticks.pop(0))
     calls = []
-    med, (lo, hi), out = bench_fisher._timed(lambda: calls.append(1) or len(calls), repeat=5)
-    assert (med, lo, hi) == (3.0, 1.0, 5.0) and out == 5 and len(calls) == 5
+    med, (lo, hi), out = bench.timed(lambda: calls.append(1) or len(calls), repeat=5, warmup=2)
+    assert (med, lo, hi) == (3.0, 1.0, 5.0) and out == 7 and len(calls) == 7  # 2 warm-up calls, not timed
     assert "median of 5" in bench_fisher._spread((lo, hi)) and "1-5 s" in bench_fisher._spread((lo, hi))

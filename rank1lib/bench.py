@@ -44,14 +44,16 @@ def median(xs):
     return sorted(xs)[len(xs) // 2]
 
 
+def sync():
+    """Wait for queued CUDA work when CUDA is in use (a no-op on CPU), so wall times cover the kernels."""
+    import torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeat, warmup=0):
     """(median wall time of `repeat` calls of fn() after `warmup` calls, (min, max) of them, the last
     result); CUDA is synchronised around each call when it is in use. The one timing loop of both benchmarks."""
-    import torch
-
-    def sync():
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
     for _ in range(warmup):
         fn()
     times, out = [], None

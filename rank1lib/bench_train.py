@@ -7,16 +7,11 @@ import time
 import torch
 
 from . import fid, store
-from .bench import benchmark, median, timed
+from .bench import benchmark, median, sync, timed
 from .diffusion import alpha_bar, ddim_sample, loss_simple, to_model_range
 from .models import build_unet, n_params
 from .profiles import Config
 from .train import amp_on, make_adam, pick_device, switch
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def image_pool(b, g):
@@ -30,7 +25,7 @@ def median_step_time(step, n, warmup):
     return timed(step, n, warmup)[0]
 
 
-def interleaved_step_times(steps, rounds, warmup, device):
+def interleaved_step_times(steps, rounds, warmup):
     """{name: [seconds per call]} with the steps called in turn, round after round (the order rotating),
     so that drift in machine speed hits every variant alike."""
     names = list(steps)
@@ -40,10 +35,10 @@ def interleaved_step_times(steps, rounds, warmup, device):
     times = {k: [] for k in names}
     for r in range(rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
-            _sync(device)
+            sync()
             t0 = time.perf_counter()
             steps[k]()
-            _sync(device)
+            sync()
             times[k].append(time.perf_counter() - t0)
     return times
 
@@ -135,13 +130,9 @@ def fid_speed(cfg, device, on_cpu, g):
     n_fid = 16 if on_cpu else 1000
     imgs = torch.randint(0, 256, (n_fid, 1, 32, 32), dtype=torch.uint8, generator=g)
     fid.features(metric, imgs[:4])  # warm-up
-    t0 = time.perf_counter()
-    feats = fid.features(metric, imgs)
-    t_feat = time.perf_counter() - t0
-    ref = fid.stats(torch.randn(feats.shape[1] + 64, feats.shape[1], dtype=torch.float64))
-    t0 = time.perf_counter()
-    fid.frechet_distance(*ref, *fid.stats(torch.randn(feats.shape[1] + 64, feats.shape[1], dtype=torch.float64)))
-    return n_fid, t_feat, time.perf_counter() - t0, None
+    t_feat, _, feats = timed(lambda: fid.features(metric, imgs), 1)
+    ref, other = (fid.stats(torch.randn(feats.shape[1] + 64, feats.shape[1], dtype=torch.float64)) for _ in "ab")
+    return n_fid, t_feat, timed(lambda: fid.frechet_distance(*ref, *other), 1)[0], None
 
 
 def penalties(model, n_tasks=4, lam=15000.0):
@@ -177,7 +168,7 @@ def bench_train(cfg):
     r1, dg = penalties(m)
     times = interleaved_step_times({"fast": fast_step_fn(m, x, y, cfg, device),
                                     "rank1": fast_step_fn(m, x, y, cfg, device, r1),
-                                    "diag": fast_step_fn(m, x, y, cfg, device, dg)}, n, warm, device)
+                                    "diag": fast_step_fn(m, x, y, cfg, device, dg)}, n, warm)
     t_fast, t_r1, t_dg = (median(times[k]) for k in ("fast", "rank1", "diag"))
     p_r1, p_dg = (penalty_seconds(p, m, 5 * n) for p in (r1, dg))
     rows = [{"measurement": "naive step (fp32 eager, DataLoader)", "seconds": t_naive, "images_per_s": b / t_naive},
@@ -189,12 +180,8 @@ def bench_train(cfg):
     n_img = min(cfg.sample_batch, 32 if on_cpu else 1000)
     m.eval()
     ddim_sample(m, torch.arange(min(n_img, 4)) % 10, steps=2, progress=False)  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    ddim_sample(m, torch.arange(n_img) % 10, steps=cfg.ddim_steps, batch_size=cfg.sample_batch, progress=False,
-                amp=amp_on(cfg.amp, device))
-    _sync(device)
-    t_ddim = time.perf_counter() - t0
+    t_ddim = timed(lambda: ddim_sample(m, torch.arange(n_img) % 10, steps=cfg.ddim_steps,
+                                       batch_size=cfg.sample_batch, progress=False, amp=amp_on(cfg.amp, device)), 1)[0]
     rows.append({"measurement": f"DDIM {cfg.ddim_steps} steps, {n_img} images", "seconds": t_ddim,
                  "images_per_s": n_img / t_ddim})
     n_fid, t_feat, t_fd, fid_missing = fid_speed(cfg, device, on_cpu, g)
@@ -244,7 +231,7 @@ def bench_settings(cfg):
             torch.manual_seed(0)
             m = build_unet(name, 10, 1).to(device).train()
             steps[v] = fast_step_fn(m, x, y, Config(cfg, amp=amp, compile=comp), device, literal=True)
-        times = interleaved_step_times(steps, rounds, warm, device)
+        times = interleaved_step_times(steps, rounds, warm)
         speedup = {v: 1 + paired_overhead(times, v, "fp32 eager") for v in VARIANTS}
         for v in VARIANTS:
             rows.append({"model": name, "setting": v, "seconds": median(times[v]),

@@ -94,7 +94,6 @@ SCHEMA = {
     "heavy": (bool, lambda v: True, "true or false"),
     "cli_only": (bool, lambda v: True, "true or false"),
     "state_in_store": (bool, lambda v: True, "true or false"),
-    "threads": (int, *_int_at_least(0)),
 }
 
 

@@ -33,7 +33,7 @@ def test_overrides_and_errors():
     ("sample_batch", 0, "integer >= 1"), ("mu_samples", 0, "integer >= 2"), ("replay_per_class", 0, "integer >= 1"),
     ("fisher_timesteps", [5000], "timesteps in 0..999"), ("fid_extractor", "vgg", "one of inception"),
     ("lam", float("nan"), "finite number >= 0"), ("lr", float("inf"), "finite number > 0"), ("lr", -1.0, "> 0"),
-    ("seeds", [], "non-empty list"), ("amp", "maybe", "one of auto, on, off"), ("threads", -1, ">= 0"),
+    ("seeds", [], "non-empty list"), ("amp", "maybe", "one of auto, on, off"), ("ckpt_every", -1, ">= 0"),
     ("cli_only", "yes", "true or false"), ("batch_size", True, "integer >= 1"),
 ])
 def test_every_bad_value_is_refused_up_front(key, value, expect):

@@ -8,7 +8,8 @@ Every task starts a fresh Adam. After task k the loop writes, under
 ckpt_root()/continual/<profile>/<dataset>-s<seed>-<config hash>/<lineage>/task<k>/:
   ckpt/ (train.train's exact-resume checkpoint), train.json, eval-<tag>.json (FID and KID; eval-<tag>.part.json
   holds the tasks already scored while it is computed), samples-<tag>.pt,
-  stats-<kind>.pt (mu and c*, diagonal Fisher or rank-k pairs) and pool.pt (replay pool).
+  stats-<kind>.pt (mu and c*, diagonal Fisher or rank-k pairs) and pool-<settings>.pt (replay pool;
+  pool-<settings>.part.pt keeps its finished DDIM batches while it is generated).
 Task 1 is identical for every continual method (no penalty, no replay yet), so it lives in the
 shared lineage `shared`. A rerun loads what exists and computes only what is missing, so an
 interrupted run resumed later ends with the same numbers as an uninterrupted one (on CPU).
@@ -360,10 +361,12 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
                 add_to_penalty(pen, kind, net, st)
             if gd:
                 classes = [c for t in tasks[:k + 1] for c in t]
-                pool = cached(d / f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}.pt",
+                name = f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}"
+                pool = cached(d / f"{name}.pt",
                               lambda: replay.make_pool(net, classes, cfg.replay_per_class, cfg.ddim_steps,
                                                        seed * 1_000 + k, cfg.sample_batch,
-                                                       amp_on(cfg.amp, device), progress))
+                                                       amp_on(cfg.amp, device), progress, d / f"{name}.part.pt"))
+                replay.rank_file(d / f"{name}.part.pt").unlink(missing_ok=True)
                 distill = replay.Distillation(replay.frozen_copy(net), pool[0], pool[1], cfg.batch_size)
     return summarise(cfg, dataset, method, seed, (M, K, floors(ev, root, T)), info, shots, net, n_fid)
 

@@ -72,10 +72,11 @@ def tweedie_x0(x_t, eps_hat, t, ab):
 
 @torch.no_grad()
 def ddim_sample(model, labels, steps=50, seed=0, batch_size=256, channels=None, progress=True,
-                amp=False):
+                amp=False, done=None, on_batch=None):
     """Class-conditional DDIM sampling (Song et al. 2021, eta = 0) to uint8 images (N, C, 32, 32).
     Batch b starts from noise seeded by (seed, b); in a multi-process run each rank samples every W-th
-    batch and the batches are gathered, so every rank returns the images one process would."""
+    batch and the batches are gathered, so every rank returns the images one process would.
+    done: {b: images} of batches already sampled (skipped); on_batch(b, images) after each new batch."""
     from . import distributed
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -86,9 +87,10 @@ def ddim_sample(model, labels, steps=50, seed=0, batch_size=256, channels=None, 
     sched.set_timesteps(steps)
     was_training = model.training
     model.eval()
-    out = {}
+    out = dict(done or {})
     n_batches = math.ceil(len(labels) / batch_size)
-    for b in tqdm(distributed.mine(range(n_batches)), desc="DDIM", disable=not progress, leave=False):
+    todo = [b for b in distributed.mine(range(n_batches)) if b not in out]
+    for b in tqdm(todo, desc="DDIM", disable=not progress, leave=False):
         y = labels[b * batch_size:(b + 1) * batch_size].to(device)
         g = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + b)
         x = torch.randn((len(y), c, size, size), generator=g).to(device)
@@ -98,6 +100,8 @@ def ddim_sample(model, labels, steps=50, seed=0, batch_size=256, channels=None, 
                 e = eps_theta(model, x, tt, y)
             x = sched.step(e.float(), t, x, eta=0.0).prev_sample
         out[b] = to_uint8(x).cpu()
+        if on_batch is not None:
+            on_batch(b, out[b])
     model.train(was_training)
     if distributed.active():
         out = {b: im for part in distributed.gather(out) for b, im in part.items()}

@@ -8,9 +8,12 @@ i.e. the per-pixel MEAN of (eps_theta - eps_teacher)^2: the paper's 1/2 ||.||^2 
 normalisation as L_simple in diffusion.per_sample_loss, so the two terms are weighted 1 : 1 as in eq. 7.
 """
 import copy
+import sys
+from pathlib import Path
 
 import torch
 
+from . import distributed, store
 from .diffusion import T, alpha_bar, ddim_sample, eps_theta, per_sample_loss, q_sample, to_model_range
 
 
@@ -22,11 +25,42 @@ def frozen_copy(model):
     return teacher
 
 
-def make_pool(teacher, classes, per_class, steps, seed, batch_size=256, amp=False, progress=False):
-    """Replay pool: `per_class` DDIM samples of every class in `classes` -> (x uint8, y)."""
+def make_pool(teacher, classes, per_class, steps, seed, batch_size=256, amp=False, progress=False, part=None):
+    """Replay pool: `per_class` DDIM samples of every class in `classes` -> (x uint8, y).
+
+    part: a file that keeps every finished DDIM batch, so that a run interrupted mid-pool resumes at the
+    batch it was on (the same images: batch b's noise is seeded by (seed, b)); the caller deletes it
+    once the pool is stored. In a multi-process run each rank keeps its own file."""
     y = torch.as_tensor(list(classes), dtype=torch.long).repeat_interleave(int(per_class))
-    x = ddim_sample(teacher, y, steps=steps, seed=seed, batch_size=batch_size, progress=progress, amp=amp)
+    key = {"classes": [int(c) for c in classes], "per_class": int(per_class), "steps": int(steps),
+           "seed": int(seed), "batch_size": int(batch_size), "amp": bool(amp)}
+    part = None if part is None else rank_file(Path(part))
+    done = read_part(part, key)
+
+    def keep(b, images):
+        done[b] = images
+        store.atomic_write(part, lambda p: torch.save({"key": key, "batches": done}, p))
+
+    x = ddim_sample(teacher, y, steps=steps, seed=seed, batch_size=batch_size, progress=progress, amp=amp,
+                    done=dict(done), on_batch=keep if part is not None else None)
     return x, y
+
+
+def rank_file(path):
+    """path itself in a one-process run, else path with '.rank<r>' appended."""
+    return path.with_name(f"{path.name}.rank{distributed.rank()}") if distributed.active() else path
+
+
+def read_part(part, key):
+    """{b: images} from a pool part file written with the same key; {} when absent, foreign or unreadable."""
+    if part is None or not part.exists():
+        return {}
+    try:
+        saved = torch.load(part, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated file: start the pool afresh
+        print(f"{part}: unreadable ({type(e).__name__}), pool starts afresh", file=sys.stderr)
+        return {}
+    return dict(saved["batches"]) if saved.get("key") == key else {}
 
 
 class Distillation:

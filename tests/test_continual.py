@@ -73,6 +73,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(runs, tmp_path, monkeypat
     assert [d[here] for d in v["task_train_seconds_by_device"]] == pytest.approx(v["task_train_seconds"], abs=1e-9)
     # finished tasks keep no Adam state: the next task starts a fresh one
     assert all(torch.load(c / "last" / "trainer.pt", weights_only=False)["opt"] is None for c in ckpts)
+    # every replay pool is stored whole; no pool part file is left behind
+    assert list(tmp_path.rglob("pool-*.pt")) and not list(tmp_path.rglob("pool-*.part.pt*"))
 
 
 def test_bad_method():

@@ -47,3 +47,33 @@ def test_pool_has_requested_classes_and_is_reproducible():
     assert y.tolist() == [2, 2, 2, 7, 7, 7]
     x2, _ = replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=4)
     assert torch.equal(x, x2)
+
+
+def test_pool_resumes_after_an_interruption_with_the_same_images(tmp_path, monkeypatch):
+    net = nets()
+    want, _ = replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=4, batch_size=2)  # 3 batches
+    part = tmp_path / "pool.part.pt"
+    real_write, calls = replay.store.atomic_write, []
+
+    def write_then_stop(path, write):
+        calls.append(path)
+        if len(calls) == 2:  # batch 1 sampled, the run stops before it is kept
+            raise KeyboardInterrupt
+        real_write(path, write)
+
+    monkeypatch.setattr(replay.store, "atomic_write", write_then_stop)
+    try:
+        replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=4, batch_size=2, part=part)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(replay.store, "atomic_write", real_write)
+    assert sorted(torch.load(part, weights_only=True)["batches"]) == [0]
+    forwards = []
+    hook = net.register_forward_hook(lambda *a: forwards.append(1))
+    got, _ = replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=4, batch_size=2, part=part)
+    hook.remove()
+    assert len(forwards) == 2 * 2  # only batches 1 and 2 sampled again, 2 DDIM steps each
+    assert torch.equal(got, want)
+    other, _ = replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=5, batch_size=2, part=part)
+    fresh, _ = replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=5, batch_size=2)
+    assert torch.equal(other, fresh)  # a part file of other settings is not used

@@ -8,7 +8,6 @@ i.e. the per-pixel MEAN of (eps_theta - eps_teacher)^2: the paper's 1/2 ||.||^2 
 normalisation as L_simple in diffusion.per_sample_loss, so the two terms are weighted 1 : 1 as in eq. 7.
 """
 import copy
-import sys
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ def make_pool(teacher, classes, per_class, steps, seed, batch_size=256, amp=Fals
         store.atomic_write(part, lambda p: torch.save({"key": key, "batches": done}, p))
 
     x = ddim_sample(teacher, y, steps=steps, seed=seed, batch_size=batch_size, progress=progress, amp=amp,
-                    done=dict(done), on_batch=keep if part is not None else None)
+                    done=done, on_batch=keep if part is not None else None)
     return x, y
 
 
@@ -58,7 +57,7 @@ def read_part(part, key):
     try:
         saved = torch.load(part, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated file: start the pool afresh
-        print(f"{part}: unreadable ({type(e).__name__}), pool starts afresh", file=sys.stderr)
+        store.set_aside(part, type(e).__name__)
         return {}
     return dict(saved["batches"]) if saved.get("key") == key else {}
 

@@ -77,3 +77,6 @@ def test_pool_resumes_after_an_interruption_with_the_same_images(tmp_path, monke
     other, _ = replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=5, batch_size=2, part=part)
     fresh, _ = replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=5, batch_size=2)
     assert torch.equal(other, fresh)  # a part file of other settings is not used
+    part.write_bytes(b"torn")  # an unreadable part file is moved aside and the pool sampled afresh
+    again, _ = replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=4, batch_size=2, part=part)
+    assert torch.equal(again, want) and len(list(tmp_path.glob("pool.part.pt.bad-*"))) == 1

@@ -113,14 +113,8 @@ def _load(path, as_json):
 
 def _read(path, as_json):
     """(contents, True) of a readable cached file; (None, False) when it is absent or unreadable (then
-    moved aside, one line on stderr)."""
-    if path.exists():
-        try:
-            return _load(path, as_json), True
-        except Exception as e:  # noqa: BLE001 - truncated or foreign file: recompute
-            if distributed.is_main():
-                store.set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    return None, False
+    moved aside by rank 0, one line on stderr)."""
+    return store.read_or_set_aside(path, lambda p: _load(p, as_json), owner=distributed.is_main())
 
 
 def cached(path, compute, as_json=False):
@@ -293,11 +287,9 @@ def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, prog
         return None
     # optimiser time summed over every call (kept in the checkpoint), in total and by device
     train_s = {"train_seconds": out.get("train_seconds"), "train_seconds_by_device": out.get("train_seconds_by_device")}
-    if info_file.exists():
-        try:
-            return {**json.loads(info_file.read_text()), **train_s}
-        except ValueError as e:
-            store.set_aside(info_file, f"not JSON: {e}")
+    saved, found = _read(info_file, True)
+    if found:
+        return {**saved, **train_s}
     tail = out["losses"][-max(1, steps // 5):]
     info = {"steps": steps, "seconds": time.time() - t0, **train_s, "n_train": len(x),
             "final_loss": float(np.mean(tail)) if tail else None}
@@ -362,11 +354,12 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
             if gd:
                 classes = [c for t in tasks[:k + 1] for c in t]
                 name = f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}"
+                part = d / f"{name}.part.pt"
                 pool = cached(d / f"{name}.pt",
                               lambda: replay.make_pool(net, classes, cfg.replay_per_class, cfg.ddim_steps,
                                                        seed * 1_000 + k, cfg.sample_batch,
-                                                       amp_on(cfg.amp, device), progress, d / f"{name}.part.pt"))
-                replay.rank_file(d / f"{name}.part.pt").unlink(missing_ok=True)
+                                                       amp_on(cfg.amp, device), progress, part))
+                replay.rank_file(part).unlink(missing_ok=True)
                 distill = replay.Distillation(replay.frozen_copy(net), pool[0], pool[1], cfg.batch_size)
     return summarise(cfg, dataset, method, seed, (M, K, floors(ev, root, T)), info, shots, net, n_fid)
 

@@ -51,15 +51,12 @@ def rank_file(path):
 
 
 def read_part(part, key):
-    """{b: images} from a pool part file written with the same key; {} when absent, foreign or unreadable."""
-    if part is None or not part.exists():
+    """{b: images} from a pool part file written with the same key; {} when absent, foreign or unreadable
+    (an unreadable one is moved aside: the pool starts afresh)."""
+    if part is None:
         return {}
-    try:
-        saved = torch.load(part, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated file: start the pool afresh
-        store.set_aside(part, type(e).__name__)
-        return {}
-    return dict(saved["batches"]) if saved.get("key") == key else {}
+    saved, found = store.read_or_set_aside(part, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    return dict(saved["batches"]) if found and saved.get("key") == key else {}
 
 
 class Distillation:

@@ -227,6 +227,11 @@ def table6(recs, dataset):
                           "forgetting (paper)": fmt(p[1], digits=3)}]).set_index("dataset")
 
 
+def tables6(groups):
+    """Table 6 with one row per dataset of `groups` ({dataset: {"finetune": records}})."""
+    return pd.concat([table6(r, d) for d, r in groups.items()])
+
+
 def optimiser_seconds(rec):
     """Optimiser seconds of a run summed over its tasks and over every call that trained them (from the
     checkpoints), or None for a record stored before these were kept (its task_seconds are the last call's
@@ -310,6 +315,17 @@ def stored(cfg, dataset, methods, seeds=None):
               for s in (seeds or cfg.seeds)]
         if all(r is not None for r in rs):
             out[m] = rs
+    return out
+
+
+def by_dataset(cfg, datasets, methods, main=None):
+    """{dataset: {method: seed-0 records}} for each dataset with all of `methods` stored; `main` (records
+    already collected for cfg.dataset, or None) stands in for the store at cfg.dataset."""
+    out = {}
+    for d in datasets:
+        recs = main if (d == cfg.dataset and main is not None) else stored(cfg, d, methods, seeds=cfg.seeds[:1])
+        if set(methods) <= set(recs):
+            out[d] = {m: recs[m] for m in methods}
     return out
 
 

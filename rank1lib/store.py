@@ -256,6 +256,19 @@ def set_aside(path, why) -> Path:
     return dest
 
 
+def read_or_set_aside(path, reader, owner=True):
+    """(reader(path), True) for a readable file; (None, False) when it is absent or unreadable (then moved
+    aside by its owner, one line on stderr). Caches of resumable work go through here."""
+    path = Path(path)
+    if path.exists():
+        try:
+            return reader(path), True
+        except Exception as e:  # noqa: BLE001 - truncated or foreign file: the caller recomputes it
+            if owner:
+                set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    return None, False
+
+
 def load(profile, experiment, name, config=None):
     """The stored record, or None if absent, torn (arrays do not match the record) or its config
     hash differs from `config`'s. An unreadable record or torn arrays are moved aside."""

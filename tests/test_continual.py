@@ -83,13 +83,13 @@ def test_bad_method():
 
 
 def test_torn_caches_are_set_aside_and_recomputed_to_the_same_result(runs, tmp_path, monkeypatch, capsys):
-    """Half-written statistics, replay pool and FID rows (a kill during their write on a filesystem
+    """Half-written statistics, replay pool, FID rows and task records (a kill during their write on a filesystem
     without atomic rename, or a bad copy) are moved aside and recomputed: same numbers."""
     ref_v, ref_a = runs["rank1-gd"]
     monkeypatch.setenv("RANK1_CKPT", str(tmp_path))
     continual.run(cfg(), "mnist-5k", "rank1-gd", 0, progress=False)
-    torn = [f for pat in ("stats-*.pt", "pool-*.pt", "eval-*.json") for f in sorted(tmp_path.rglob(pat))]
-    assert {f.name.split("-")[0] for f in torn} == {"stats", "pool", "eval"}
+    torn = [f for pat in ("stats-*.pt", "pool-*.pt", "eval-*.json", "train.json") for f in sorted(tmp_path.rglob(pat))]
+    assert {f.name.split("-")[0] for f in torn} == {"stats", "pool", "eval", "train.json"}
     for f in torn:
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     capsys.readouterr()
@@ -271,3 +271,26 @@ def test_wall_by_item_sums_the_ledger(tmp_store):
     for item, w in (("a", 10.0), ("b", 1.5), ("a", 5.0)):
         campaign._log_ledger(cfg, {"item": item, "wall_s": w})
     assert campaign.wall_by_item(cfg) == {"a": 15.0, "b": 1.5}
+
+
+def test_by_dataset_keeps_complete_groups_and_uses_main_records_for_the_profile_dataset(monkeypatch):
+    """runs.by_dataset: a dataset appears only with every method; `main` replaces the store at cfg.dataset."""
+    from types import SimpleNamespace
+    from rank1lib import runs
+    rec = lambda a, f: [SimpleNamespace(values={"a_fid": a, "forgetting": f})]  # noqa: E731
+    in_store = {"mnist-5k": {"finetune": rec(1.0, 2.0)}, "fmnist": {"finetune": rec(187.6, 51.3), "gd": rec(3, 4)},
+                "cifar10": {"gd": rec(5, 6)}}
+    monkeypatch.setattr(runs, "stored", lambda c, d, methods, seeds=None: {m: r for m, r in in_store[d].items()
+                                                                          if m in methods})
+    c = cfg()
+    ds = ["mnist-5k", "fmnist", "cifar10"]
+    main = {"finetune": rec(10.0, 20.0), "gd": rec(7, 8)}
+    got = runs.by_dataset(c, ds, ["finetune"], main=main)
+    assert list(got) == ["mnist-5k", "fmnist"]  # cifar10 lacks finetune
+    assert got["mnist-5k"] == {"finetune": main["finetune"]}  # main, not the store, and only the asked methods
+    assert runs.by_dataset(c, ds, ["finetune"])["mnist-5k"]["finetune"][0].values["a_fid"] == 1.0
+    assert runs.by_dataset(c, ds, ["finetune", "gd"], main=main).keys() == {"mnist-5k", "fmnist"}
+    t = runs.tables6(got)
+    assert list(t.index) == ["mnist-5k", "fmnist"]
+    assert t.loc["fmnist", "final A-FID (ours)"] == "187.6" and t.loc["mnist-5k", "forgetting (ours)"] == "20.0"
+    assert t.loc["fmnist", "final FID (paper)"] == "103.955"  # the paper's FMNIST fine-tuning row (Table 6)

@@ -136,3 +136,18 @@ def test_cpu_model_reads_the_model_name_line(tmp_path):
     assert store.cpu_model(info) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
     assert store.cpuinfo_field("flags", info) == ["fpu", "avx2"] and store.cpuinfo_field("bogus", info) is None
     assert store.cpu_model(tmp_path / "missing") == (platform.processor() or platform.machine())
+
+
+def test_read_or_set_aside_reads_moves_torn_files_aside_and_keeps_them(tmp_path, capsys):
+    good, torn, absent = tmp_path / "good.json", tmp_path / "torn.json", tmp_path / "absent.json"
+    good.write_text(json.dumps({"a": [1, 2]}))
+    torn.write_text('{"a": [1,')  # a write cut off mid-way
+    read = lambda p: json.loads(p.read_text())  # noqa: E731
+    assert store.read_or_set_aside(good, read) == ({"a": [1, 2]}, True)
+    assert store.read_or_set_aside(absent, read) == (None, False)
+    assert store.read_or_set_aside(torn, read, owner=False) == (None, False)
+    assert torn.exists()  # only the owner moves a file
+    assert store.read_or_set_aside(torn, read) == (None, False)
+    moved = list(tmp_path.glob("torn.json.bad-*"))
+    assert not torn.exists() and len(moved) == 1 and moved[0].read_text() == '{"a": [1,'
+    assert "JSONDecodeError" in capsys.readouterr().err

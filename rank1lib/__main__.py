@@ -78,7 +78,8 @@ def cmd_bench(args):
         raise ConfigError(f"unknown benchmark {args.name!r}; valid: {', '.join(bench.BENCHES)}")
     cfg = load_profile(args.profile, **parse_sets(args.set))
     store.allow_cli_only(True)
-    rec = bench.stored_or_run(args.name, cfg, force=args.force) if args.store else None
+    keep = args.store or args.replace
+    rec = bench.stored_or_run(args.name, cfg, force=args.force, replace=args.replace) if keep else None
     rows, summary = (rec.values["rows"], rec.values["summary"]) if rec else bench.measured(args.name, cfg)
     if summary.get("contended"):
         print("warning: other processes were busy during this benchmark; its times are not quiet-machine "
@@ -150,6 +151,8 @@ def parser():
     b.add_argument("--set", action="append", metavar="KEY=VALUE")
     b.add_argument("--json", action="store_true")
     b.add_argument("--store", action="store_true", help="keep the result in the store (the book's performance page reads it)")
+    b.add_argument("--replace", action="store_true",
+                   help="measure again and overwrite the stored result once measured (implies --store)")
     b.add_argument("--force", action="store_true", help="store it even if the machine was busy (marked contended)")
     st = sub.add_parser("status", help="which paper figures and tables a profile's store holds")
     st.add_argument("--profile", default="cpu")

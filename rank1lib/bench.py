@@ -124,8 +124,9 @@ def measured(name, cfg):
 NOT_READ = ("study_steps", "cl_amp", "cl_compile")
 
 
-def stored_or_run(name, cfg, force=False):
-    """The stored result of benchmark `name` at this profile, or run it now and store it."""
+def stored_or_run(name, cfg, force=False, replace=False):
+    """The stored result of benchmark `name` at this profile, or run it now and store it (replace: run
+    it even if stored, and overwrite the stored record once the new one is measured)."""
     load_all()
     conf = {k: v for k, v in cfg.items() if k not in NOT_READ}
 
@@ -139,7 +140,7 @@ def stored_or_run(name, cfg, force=False):
                                f"not stored. Rerun on a quiet machine, or pass --force to store it marked contended")
         return {"rows": rows, "summary": summary}, None, summary.get("device")
 
-    return store.load_or_compute(cfg.name, "bench", name, conf, compute, **store.policy(cfg),
+    return store.load_or_compute(cfg.name, "bench", name, conf, compute, **store.policy(cfg), replace=replace,
                                  command=f"python -m rank1lib bench {name} --profile {cfg.name} --json --store"
                                          f"{set_args(cfg, ())}")
 

@@ -9,7 +9,8 @@ ckpt_root()/continual/<profile>/<dataset>-s<seed>-<config hash>/<lineage>/task<k
   ckpt/ (train.train's exact-resume checkpoint), train.json, eval-<tag>.json (FID and KID; eval-<tag>.part.json
   holds the tasks already scored while it is computed), samples-<tag>.pt,
   stats-<kind>.pt (mu and c*, diagonal Fisher or rank-k pairs) and pool-<settings>.pt (replay pool;
-  pool-<settings>.part.pt keeps its finished DDIM batches while it is generated).
+  pool-<settings>.part.pt keeps its finished DDIM batches while it is generated, and at a campaign
+  deadline the state of the batch in progress).
 Task 1 is identical for every continual method (no penalty, no replay yet), so it lives in the
 shared lineage `shared`. A rerun loads what exists and computes only what is missing, so an
 interrupted run resumed later ends with the same numbers as an uninterrupted one (on CPU).

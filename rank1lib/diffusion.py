@@ -72,11 +72,13 @@ def tweedie_x0(x_t, eps_hat, t, ab):
 
 @torch.no_grad()
 def ddim_sample(model, labels, steps=50, seed=0, batch_size=256, channels=None, progress=True,
-                amp=False, done=None, on_batch=None):
+                amp=False, done=None, on_batch=None, resume=None, after_step=None):
     """Class-conditional DDIM sampling (Song et al. 2021, eta = 0) to uint8 images (N, C, 32, 32).
     Batch b starts from noise seeded by (seed, b); in a multi-process run each rank samples every W-th
     batch and the batches are gathered, so every rank returns the images one process would.
-    done: {b: images} of batches already sampled (skipped); on_batch(b, images) after each new batch."""
+    done: {b: images} of batches already sampled (skipped); on_batch(b, images) after each new batch;
+    resume: (b, i, x_t) continues batch b from its state after i DDIM steps (eta = 0 makes this exact);
+    after_step(b, i, x_t) after each of a batch's steps but the last, e.g. to pause it (replay.make_pool)."""
     from . import distributed
     device = next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -94,11 +96,16 @@ def ddim_sample(model, labels, steps=50, seed=0, batch_size=256, channels=None, 
         y = labels[b * batch_size:(b + 1) * batch_size].to(device)
         g = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + b)
         x = torch.randn((len(y), c, size, size), generator=g).to(device)
-        for t in sched.timesteps:
+        start = 0
+        if resume is not None and int(resume[0]) == b:
+            start, x = int(resume[1]), resume[2].to(device)
+        for i, t in enumerate(sched.timesteps[start:], start + 1):
             tt = torch.full((len(y),), int(t), device=device, dtype=torch.long)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 e = eps_theta(model, x, tt, y)
             x = sched.step(e.float(), t, x, eta=0.0).prev_sample
+            if after_step is not None and i < len(sched.timesteps):
+                after_step(b, i, x)
         out[b] = to_uint8(x).cpu()
         if on_batch is not None:
             on_batch(b, out[b])

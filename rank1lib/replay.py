@@ -8,6 +8,7 @@ i.e. the per-pixel MEAN of (eps_theta - eps_teacher)^2: the paper's 1/2 ||.||^2 
 normalisation as L_simple in diffusion.per_sample_loss, so the two terms are weighted 1 : 1 as in eq. 7.
 """
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -29,19 +30,35 @@ def make_pool(teacher, classes, per_class, steps, seed, batch_size=256, amp=Fals
 
     part: a file that keeps every finished DDIM batch, so that a run interrupted mid-pool resumes at the
     batch it was on (the same images: batch b's noise is seeded by (seed, b)); the caller deletes it
-    once the pool is stored. In a multi-process run each rank keeps its own file."""
+    once the pool is stored. In a multi-process run each rank keeps its own file. In a one-process run
+    that meets the campaign's deadline ($RANK1_DEADLINE) mid-batch, the batch's state x_t is kept too and
+    DeadlineReached raised: the rerun continues that batch from the step it had reached."""
+    from .train import DeadlineReached, deadline
     y = torch.as_tensor(list(classes), dtype=torch.long).repeat_interleave(int(per_class))
     key = {"classes": [int(c) for c in classes], "per_class": int(per_class), "steps": int(steps),
            "seed": int(seed), "batch_size": int(batch_size), "amp": bool(amp)}
     part = None if part is None else rank_file(Path(part))
-    done = read_part(part, key)
+    saved = read_part(part, key)
+    done, paused = dict(saved.get("batches", {})), saved.get("paused")
+    stop_at = deadline() if part is not None and not distributed.active() else None
+
+    def write(extra=None):
+        store.atomic_write(part, lambda p: torch.save({"key": key, "batches": done, **(extra or {})}, p))
 
     def keep(b, images):
         done[b] = images
-        store.atomic_write(part, lambda p: torch.save({"key": key, "batches": done}, p))
+        write()
+
+    def pause(b, i, x_t):
+        if time.time() > stop_at:
+            write({"paused": {"b": b, "i": i, "x": x_t.cpu()}})
+            raise DeadlineReached(f"replay pool: deadline reached in DDIM batch {b + 1} after {i}/{steps} steps; "
+                                  f"its state is saved, rerun to continue")
 
     x = ddim_sample(teacher, y, steps=steps, seed=seed, batch_size=batch_size, progress=progress, amp=amp,
-                    done=done, on_batch=keep if part is not None else None)
+                    done=done, on_batch=keep if part is not None else None,
+                    resume=(paused["b"], paused["i"], paused["x"]) if paused else None,
+                    after_step=pause if stop_at is not None else None)
     return x, y
 
 
@@ -51,12 +68,12 @@ def rank_file(path):
 
 
 def read_part(part, key):
-    """{b: images} from a pool part file written with the same key; {} when absent, foreign or unreadable
-    (an unreadable one is moved aside: the pool starts afresh)."""
+    """The pool part file written with the same key ({"batches": {b: images}[, "paused": {b, i, x}]}); {} when
+    absent, foreign or unreadable (an unreadable one is moved aside: the pool starts afresh)."""
     if part is None:
         return {}
     saved, found = store.read_or_set_aside(part, lambda p: torch.load(p, map_location="cpu", weights_only=True))
-    return dict(saved["batches"]) if found and saved.get("key") == key else {}
+    return saved if found and saved.get("key") == key else {}
 
 
 class Distillation:

@@ -256,14 +256,15 @@ def set_aside(path, why) -> Path:
     return dest
 
 
-def read_or_set_aside(path, reader, owner=True):
-    """(reader(path), True) for a readable file; (None, False) when it is absent or unreadable (then moved
-    aside by its owner, one line on stderr). Caches of resumable work go through here."""
+def read_or_set_aside(path, reader, owner=True, errors=Exception):
+    """(reader(path), True) for a readable file; (None, False) when it is absent or unreadable, i.e. reader
+    raised one of `errors` (then moved aside by its owner, one line on stderr; other errors propagate).
+    Caches of resumable work and the store's JSON records go through here."""
     path = Path(path)
     if path.exists():
         try:
             return reader(path), True
-        except Exception as e:  # noqa: BLE001 - truncated or foreign file: the caller recomputes it
+        except errors as e:  # truncated or foreign file: the caller recomputes it
             if owner:
                 set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     return None, False
@@ -273,12 +274,9 @@ def load(profile, experiment, name, config=None):
     """The stored record, or None if absent, torn (arrays do not match the record) or its config
     hash differs from `config`'s. An unreadable record or torn arrays are moved aside."""
     p = result_dir(profile, experiment) / f"{name}.json"
-    if not p.exists():
-        return None
-    try:
-        rec = Result(json.loads(p.read_text()))
-    except (ValueError, UnicodeDecodeError) as e:
-        set_aside(p, f"not JSON: {e}")
+    rec, found = read_or_set_aside(p, lambda q: Result(json.loads(q.read_text())),
+                                   errors=(ValueError, UnicodeDecodeError))  # not JSON; OSError propagates
+    if not found:
         return None
     npz = p.with_suffix(".npz")
     want = rec.get("files", {}).get("npz")
@@ -304,14 +302,18 @@ def save_png(profile, experiment, name, fig_or_array):
     return path
 
 
-def load_or_compute(profile, experiment, name, config, compute, heavy=False, command=None, cli_only=False):
+def load_or_compute(profile, experiment, name, config, compute, heavy=False, command=None, cli_only=False,
+                    replace=False):
     """Load a result whose config hash matches; else compute(), store and return it.
+
+    replace: compute and store even if a matching result is stored (the new record overwrites it
+    atomically; git history keeps the old one). Nothing is moved first, so provenance stays clean.
 
     compute() returns (values, arrays[, device]). On a heavy profile without CUDA, a missing result
     raises NeedsGPU naming the command that computes it; on a cli_only profile, ResultPending unless
     this process is the CLI (allow_cli_only).
     """
-    rec = load(profile, experiment, name, config)
+    rec = None if replace else load(profile, experiment, name, config)
     if rec is not None:
         return rec
     clean_stale_tmp(result_dir(profile, experiment))

@@ -81,3 +81,26 @@ def test_benchmark_times_are_medians_of_repeats_with_their_range(monkeypatch):
     med, (lo, hi), out = bench.timed(lambda: calls.append(1) or len(calls), repeat=5, warmup=2)
     assert (med, lo, hi) == (3.0, 1.0, 5.0) and out == 7 and len(calls) == 7  # 2 warm-up calls, not timed
     assert "median of 5" in bench_fisher._spread((lo, hi)) and "1-5 s" in bench_fisher._spread((lo, hi))
+
+
+def test_replace_overwrites_a_stored_benchmark_only_once_a_quiet_run_is_measured(tmp_store, monkeypatch):
+    import pytest
+    from rank1lib import store
+    from rank1lib.profiles import load_profile
+    load_all_real = bench.load_all()  # register the real benchmarks first, then add a fake one
+    runs = []
+    monkeypatch.setitem(load_all_real, "fake", lambda cfg: (runs.append(1) or [{"n": len(runs)}], {"n": len(runs)}))
+    busy = {"value": 0.0}
+    monkeypatch.setattr(bench, "machine_state", lambda: {"other_cpu_percent": busy["value"], "load_avg_1m": 0.0,
+                                                         "busiest_other": ["x 90%"], "threads": 1})
+    cfg = load_profile("ci")
+    assert bench.stored_or_run("fake", cfg).values["summary"]["n"] == 1
+    assert bench.stored_or_run("fake", cfg).values["summary"]["n"] == 1 and len(runs) == 1  # stored: not rerun
+    busy["value"] = 90.0  # a busy machine: the new run is refused and the stored record is kept as it was
+    with pytest.raises(bench.Contended):
+        bench.stored_or_run("fake", cfg, replace=True)
+    assert len(runs) == 2 and store.load("ci", "bench", "fake").values["summary"]["n"] == 1
+    busy["value"] = 0.0
+    assert bench.stored_or_run("fake", cfg, replace=True).values["summary"]["n"] == 3
+    assert store.load("ci", "bench", "fake").values["summary"]["n"] == 3
+    assert not [p.name for p in store.result_dir("ci", "bench").iterdir() if ".bad-" in p.name]  # nothing moved aside

@@ -80,3 +80,25 @@ def test_pool_resumes_after_an_interruption_with_the_same_images(tmp_path, monke
     part.write_bytes(b"torn")  # an unreadable part file is moved aside and the pool sampled afresh
     again, _ = replay.make_pool(net, [2, 7], per_class=3, steps=2, seed=4, batch_size=2, part=part)
     assert torch.equal(again, want) and len(list(tmp_path.glob("pool.part.pt.bad-*"))) == 1
+
+
+def test_pool_paused_by_the_deadline_mid_batch_resumes_at_that_step_with_the_same_images(tmp_path, monkeypatch):
+    import pytest
+    from rank1lib.train import DeadlineReached
+    net = nets()
+    args = dict(per_class=3, steps=4, seed=4, batch_size=4)  # 2 batches of 4 DDIM steps
+    want, _ = replay.make_pool(net, [2, 7], **args)
+    part = tmp_path / "pool.part.pt"
+    forwards = []
+    hook = net.register_forward_hook(lambda *a: forwards.append(1))
+    monkeypatch.setenv("RANK1_DEADLINE", "1")  # long past: pause after the first step
+    with pytest.raises(DeadlineReached, match="batch 1 after 1/4 steps"):
+        replay.make_pool(net, [2, 7], **args, part=part)
+    saved = torch.load(part, weights_only=True)
+    assert saved["batches"] == {} and (saved["paused"]["b"], saved["paused"]["i"]) == (0, 1)
+    monkeypatch.delenv("RANK1_DEADLINE")
+    got, _ = replay.make_pool(net, [2, 7], **args, part=part)
+    hook.remove()
+    assert len(forwards) == 1 + 3 + 4  # one step before the pause, the other 3 of batch 0, then batch 1
+    assert torch.equal(got, want)  # eta = 0: continuing from x_t is exact
+    assert "paused" not in torch.load(part, weights_only=True)  # gone once a batch finishes

@@ -151,3 +151,23 @@ def test_read_or_set_aside_reads_moves_torn_files_aside_and_keeps_them(tmp_path,
     moved = list(tmp_path.glob("torn.json.bad-*"))
     assert not torn.exists() and len(moved) == 1 and moved[0].read_text() == '{"a": [1,'
     assert "JSONDecodeError" in capsys.readouterr().err
+
+
+def test_store_load_sets_aside_a_torn_record_but_raises_on_an_os_error(tmp_store, capsys, monkeypatch):
+    store.save("ci", "e", "n", {"k": 1}, {"v": 1}, None)
+    p = store.result_dir("ci", "e") / "n.json"
+    assert store.load("ci", "e", "n", {"k": 1}).values == {"v": 1}
+    text = p.read_text()
+    p.write_text(text[: len(text) // 2])  # a record cut off mid-way: set aside, then recomputed
+    assert store.load("ci", "e", "n", {"k": 1}) is None
+    assert not p.exists() and [q.read_text() for q in p.parent.glob("n.json.bad-*")] == [text[: len(text) // 2]]
+    assert "JSONDecodeError" in capsys.readouterr().err
+    store.save("ci", "e", "n", {"k": 1}, {"v": 2}, None)
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+    with monkeypatch.context() as m, pytest.raises(PermissionError):  # not a torn file: the error reaches
+        m.setattr(type(p), "read_text", denied)                           # the caller, nothing is moved
+        store.load("ci", "e", "n", {"k": 1})
+    assert p.exists() and len(list(p.parent.glob("n.json.bad-*"))) == 1
+    assert store.load("ci", "e", "n", {"k": 1}).values == {"v": 2}

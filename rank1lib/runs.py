@@ -69,12 +69,16 @@ def tier_seeds(cfg, dataset):
     return list(cfg.seeds[:1] if cfg.name == "cpu" and dataset == "fmnist" else cfg.seeds)
 
 
-def partial_note(cfg, dataset, part):
-    """The line over a partial Table 1 (seed 0 of some methods): what is stored, what is still pending."""
+def partial_note(cfg, dataset, part, later=None):
+    """The line over a partial Table 1 (seed 0 of some methods): what is stored, what is still pending;
+    `later` ({seed: methods stored}, as from `stored_later`) counts the methods of the other seeds."""
     seeds = tier_seeds(cfg, dataset)
     missing = [NAMES[m] for m in TABLE1 if m not in part]
     told = [f"{len(part)} of {len(TABLE1)} methods stored"] + [f"pending: {', '.join(missing)}"] * bool(missing)
-    told += [f"seeds {', '.join(map(str, seeds[1:]))} pending"] * (len(seeds) > 1)
+    if later is None:
+        told += [f"seeds {', '.join(map(str, seeds[1:]))} pending"] * (len(seeds) > 1)
+    else:
+        told += [f"seed {s}: {len(later.get(s, ()))} of {len(TABLE1)} methods stored" for s in seeds[1:]]
     return (f"**{dataset}, partial** (profile `{cfg.name}`, seed {seeds[0]} only): {'; '.join(told)}. "
             "The verdicts below use the seeds stored for every method they compare.")
 
@@ -316,6 +320,11 @@ def stored(cfg, dataset, methods, seeds=None):
         if all(r is not None for r in rs):
             out[m] = rs
     return out
+
+
+def stored_later(cfg, dataset):
+    """{seed: [Table-1 methods stored]} for the tier's seeds after the first (nothing is computed)."""
+    return {s: list(stored(cfg, dataset, TABLE1, seeds=[s])) for s in tier_seeds(cfg, dataset)[1:]}
 
 
 def by_dataset(cfg, datasets, methods, main=None):

@@ -431,3 +431,24 @@ def test_a_partial_table1_says_what_is_stored_and_what_is_pending():
         "Rank-1 w/o GD, Diag + GD, Rank-1 + GD (paper's method); seeds 1, 2 pending" + tail)
     assert runs.partial_note(cfg, "fmnist", dict.fromkeys(TABLE1)) == (
         "**fmnist, partial** (profile `cpu`, seed 0 only): 6 of 6 methods stored" + tail)
+    later = {1: ["joint", "diag", "rank1", "gd"], 2: ["joint"]}
+    assert runs.partial_note(cfg, "mnist-5k", dict.fromkeys(TABLE1), later) == (
+        "**mnist-5k, partial** (profile `cpu`, seed 0 only): 6 of 6 methods stored; seed 1: 4 of 6 methods "
+        "stored; seed 2: 1 of 6 methods stored" + tail)
+
+
+def test_stored_later_lists_each_later_seeds_stored_methods(monkeypatch):
+    """runs.stored_later asks the store once per later seed of the tier (mnist-5k at cpu: seeds 1, 2;
+    Fashion-MNIST: none) and keeps the methods found, in Table-1 order."""
+    from rank1lib import runs
+    in_store = {1: {"gd", "joint", "rank1"}, 2: set()}
+    asked = []
+
+    def fake_stored(c, d, methods, seeds=None):
+        asked.append((d, tuple(seeds)))
+        return {m: ["rec"] for m in methods if m in in_store[seeds[0]]}
+    monkeypatch.setattr(runs, "stored", fake_stored)
+    cfg = load_profile("cpu")
+    assert runs.stored_later(cfg, "mnist-5k") == {1: ["joint", "rank1", "gd"], 2: []}
+    assert asked == [("mnist-5k", (1,)), ("mnist-5k", (2,))]
+    assert runs.stored_later(cfg, "fmnist") == {} and len(asked) == 2

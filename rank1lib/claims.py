@@ -397,9 +397,23 @@ def markdown(row) -> str:
         else:
             model = f"{s.get('arch', '')} ({s['params']:,} parameters), {s.get('train_steps')} Adam steps, " \
                 if "params" in s else ""
-        lines.append(f"- settings: {model}dataset {s.get('dataset', '-')}, seed {s.get('seed', '-')}, "
-                     f"{s['device']}, commit {s['commit']}, {s['date']}")
+        lines.append(f"- settings: {model}{_runs_summary(row['settings'])}")
     return "\n".join(lines)
+
+
+def _runs_summary(settings) -> str:
+    """Where a verdict's stored results came from: one run in full, several as seeds per dataset, devices, dates."""
+    s = settings[0]
+    if len(settings) == 1:
+        return f"dataset {s.get('dataset', '-')}, seed {s.get('seed', '-')}, {s['device']}, commit {s['commit']}, {s['date']}"
+    seeds = {}
+    for r in settings:
+        seeds.setdefault(r.get("dataset", "-"), set()).add(r.get("seed", "-"))
+    per = "; ".join(f"{d} seed{'s' if len(v) > 1 else ''} {', '.join(str(x) for x in sorted(v))}"
+                    for d, v in seeds.items())
+    devices = ", ".join(sorted({r["device"] for r in settings}))
+    dates = sorted(r["date"][:10] for r in settings)
+    return f"{len(settings)} stored results: {per}; devices: {devices}; dates {dates[0]} to {dates[-1]}"
 
 
 def show(profile, ids):

@@ -160,7 +160,7 @@ def table1(recs, dataset):
         r0 = next(r for rs in recs.values() for r in rs if "fid_floor" in r.values)
         rows.append({"method": "floor: held-out real images", "A-FID (ours)": fmt(float(np.mean(r0.values["fid_floor"]))),
                      "A-KID ×10³ (ours)": fmt(1e3 * float(np.mean(r0.values["kid_floor"])), None, 2)})
-    return pd.DataFrame(rows).set_index("method")
+    return pd.DataFrame(rows).set_index("method").fillna("—")  # the floor has no paper or forgetting value
 
 
 def afid_curves(recs):

@@ -180,3 +180,18 @@ def test_continual_claims_gate_and_pending(monkeypatch):
     assert "does not beat fine-tuning" in claims._c9(cfg)[3]
     del table["mnist-5k"]["gd"]
     assert claims._c9(cfg) is None  # a method it needs is not stored: pending
+
+
+def test_markdown_settings_name_every_seed_and_device():
+    base = {"id": "C8", "where": "Table 1", "claim": "c", "profile": "cpu", "verdict": "disagree",
+            "paper": "p", "rule": "r", "ours": "o", "checks": [{"check": "x", "holds": False}]}
+    run = {"method": "gd", "model": "mid", "params": 1114081, "epochs": 131, "commit": "abc1234"}
+    settings = [dict(run, dataset="mnist-5k", seed=1, device="CPU (AMD EPYC, 2 cores)", date="2026-12-04 18:10:41 UTC"),
+                dict(run, dataset="mnist-5k", seed=0, device="NVIDIA H100", date="2026-11-27 03:39:55 UTC"),
+                dict(run, dataset="fmnist", seed=0, device="NVIDIA H100", date="2026-11-28 02:11:38 UTC")]
+    several = claims.markdown(dict(base, settings=settings)).splitlines()[-1]
+    assert several == ("- settings: mid UNet (1,114,081 parameters), 131 epochs per task, 3 stored results: "
+                       "mnist-5k seeds 0, 1; fmnist seed 0; devices: CPU (AMD EPYC, 2 cores), NVIDIA H100; "
+                       "dates 2026-11-27 to 2026-12-04")
+    one = claims.markdown(dict(base, settings=settings[:1])).splitlines()[-1]
+    assert one.endswith("dataset mnist-5k, seed 1, CPU (AMD EPYC, 2 cores), commit abc1234, 2026-12-04 18:10:41 UTC")

@@ -243,6 +243,23 @@ def test_task1_story_reads_task_one_column():
     assert runs.task1_story({}) == ""
 
 
+
+def test_table1_mean_se_and_floor_row_by_hand():
+    """runs.table1: mean ± standard error over two seeds by hand; the floor row has '—' where it has no value."""
+    from types import SimpleNamespace
+    from rank1lib import runs
+    vals = [{"a_fid": 100.0, "forgetting": -10.0},
+            {"a_fid": 120.0, "forgetting": 2.0, "fid_floor": [30.0, 40.0], "kid_floor": [0.002, 0.004]}]
+    t = runs.table1({"gd": [SimpleNamespace(values=v) for v in vals]}, "mnist-5k")
+    # mean 110, se = sd(ddof=1)/sqrt(2) = 14.142/1.414 = 10; forgetting mean -4, se 6
+    assert t.loc["GD", "A-FID (ours)"] == "110.0 ± 10.0" and t.loc["GD", "forgetting (ours)"] == "-4.0 ± 6.0"
+    assert t.loc["GD", "A-FID (paper)"] == "10.1 ± 0.9"  # the paper's MNIST row, as printed
+    floor = t.loc["floor: held-out real images"]
+    assert floor["A-FID (ours)"] == "35.0" and floor["A-KID ×10³ (ours)"] == "3.00"
+    assert floor["A-FID (paper)"] == "—" and floor["forgetting (ours)"] == "—"
+    assert t.loc["GD", "A-KID ×10³ (ours)"] == "—"  # no KID stored for these records
+
+
 def test_table3_hours_images_per_second_and_campaign_wall():
     """runs.table3 by hand: optimiser hours and images/s from task_train_seconds, '—' for records stored
     before those were kept, the campaign's wall summed over sittings (campaign.wall_by_item)."""

@@ -407,12 +407,12 @@ def _runs_summary(settings) -> str:
     if len(settings) == 1:
         return f"dataset {s.get('dataset', '-')}, seed {s.get('seed', '-')}, {s['device']}, commit {s['commit']}, {s['date']}"
     seeds = {}
-    for r in settings:
-        seeds.setdefault(r.get("dataset", "-"), set()).add(r.get("seed", "-"))
-    per = "; ".join(f"{d} seed{'s' if len(v) > 1 else ''} {', '.join(str(x) for x in sorted(v))}"
-                    for d, v in seeds.items())
-    devices = ", ".join(sorted({r["device"] for r in settings}))
-    dates = sorted(r["date"][:10] for r in settings)
+    for r in settings:  # some results (e.g. a training trajectory) carry no seed
+        seeds.setdefault(r.get("dataset", "-"), set()).add(str(r.get("seed", "-")))
+    seeds = {d: (v - {"-"} or v) for d, v in seeds.items()}
+    per = "; ".join(f"{d} seed{'s' if len(v) > 1 else ''} {', '.join(sorted(v))}" for d, v in seeds.items())
+    devices = ", ".join(sorted({str(r.get("device", "-")) for r in settings}))
+    dates = sorted(str(r.get("date", "-"))[:10] for r in settings)
     return f"{len(settings)} stored results: {per}; devices: {devices}; dates {dates[0]} to {dates[-1]}"
 
 

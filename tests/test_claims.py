@@ -193,5 +193,8 @@ def test_markdown_settings_name_every_seed_and_device():
     assert several == ("- settings: mid UNet (1,114,081 parameters), 131 epochs per task, 3 stored results: "
                        "mnist-5k seeds 0, 1; fmnist seed 0; devices: CPU (AMD EPYC, 2 cores), NVIDIA H100; "
                        "dates 2026-11-27 to 2026-12-04")
+    seedless = dict(run, dataset="mnist-5k", device="NVIDIA H100", date="2026-11-27 03:39:55 UTC")  # e.g. a trajectory
+    mixed = claims.markdown(dict(base, settings=settings + [seedless])).splitlines()[-1]
+    assert "4 stored results: mnist-5k seeds 0, 1; fmnist seed 0;" in mixed
     one = claims.markdown(dict(base, settings=settings[:1])).splitlines()[-1]
     assert one.endswith("dataset mnist-5k, seed 1, CPU (AMD EPYC, 2 cores), commit abc1234, 2026-12-04 18:10:41 UTC")

@@ -243,7 +243,6 @@ def test_task1_story_reads_task_one_column():
     assert runs.task1_story({}) == ""
 
 
-
 def test_table1_mean_se_and_floor_row_by_hand():
     """runs.table1: mean ± standard error over two seeds by hand; the floor row has '—' where it has no value."""
     from types import SimpleNamespace

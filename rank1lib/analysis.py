@@ -40,8 +40,16 @@ def second_dataset_cfg(cfg, name):
     return Config(cfg, **over)
 
 
+def train_cfg(cfg, arch):
+    """The profile as the analysis training of `arch` uses it: bf16 autocast for the models in
+    `analysis_amp_models` (adopted where a 500-step loss curve matched fp32 within noise), else `amp`.
+    Only training steps are affected; every Fisher statistic is computed in fp32."""
+    return Config(cfg, amp="on") if arch in cfg.analysis_amp_models else cfg
+
+
 def analysis_dir(cfg, name, seed, arch, max_steps=None):
     """Training-state folder of one analysis run (checkpoint `last/`, `snapshots/`)."""
+    cfg = train_cfg(cfg, arch)
     acfg = Config(cfg, epochs=cfg.analysis_epochs,
                   max_steps=cfg.analysis_max_steps if max_steps is None else max_steps)
     conf = {k: acfg[k] for k in ("epochs", "max_steps", "batch_size", "lr", "train_per_class", "amp")}
@@ -126,7 +134,7 @@ def tweedie_mse(cfg, dataset=None, seed=0, arch=None, progress=True):
     """Fig. 1 (Proposition 1): at low SNR eps_theta is a scaled identity map, x_t ~ sqrt(1-ab) eps_hat."""
     name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
     n = 4 * cfg.fisher_samples
-    conf = _conf(cfg, TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=FIG1_T)
+    conf = _conf(train_cfg(cfg, arch), TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=FIG1_T)
 
     def compute():
         net, info, x, y = analysis_net(cfg, name, seed, arch, progress=progress)
@@ -177,7 +185,7 @@ def spectrum(cfg, dataset=None, seed=0, arch=None, progress=True):
     n = cfg.cl_fisher_samples if big else cfg.fisher_samples
     ts = cfg.cl_fisher_timesteps if big else cfg.fisher_timesteps
     steps = (cfg.cl_analysis_max_steps if big else cfg.analysis_max_steps)
-    conf = _conf(cfg, TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=ts, steps=steps)
+    conf = _conf(train_cfg(cfg, arch), TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=ts, steps=steps)
 
     def compute():
         net, info, x, y = analysis_net(cfg, name, seed, arch, max_steps=steps, progress=progress)

@@ -26,10 +26,11 @@ from .profiles import Config, load_profile
 
 # Quiet-machine seconds per optimiser step at batch 128, one thread (this repo's 2-core Xeon,
 # torch 2.14.1, 2026-11-25); used for estimates until a run has measured its own.
-SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6, "mid": 2.4}  # mid: 3.0 fp32 beside a base job (cl-study-mid), / 1.25 for bf16
+SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6, "mid": 2.4,  # mid: 3.0 fp32 beside a base job (cl-study-mid), / 1.25 for bf16
+                   "base-resnet": 0.44}  # bf16, one thread beside a base worker (AMD EPYC with avx512_bf16, 2026-12-05)
 SEC_PER_SPECTRUM_T_1T = 42.0  # one timestep of the Gram path, base UNet, N = 1024, one thread
 SEC_PER_STUDY_EVAL_1T = 420.0  # one A-FID point of the network study (200 DDIM-50 images per task + FID)
-PER_CLASS = {"mnist-5k": 400, "fmnist": 6000}  # training images per class (estimates only)
+PER_CLASS = {"mnist-5k": 400, "fmnist": 6000, "mnist": 6000}  # training images per class (estimates only)
 TEST_PER_CLASS = {"mnist-5k": 100, "fmnist": 1000}  # held-out images per class (FID of a task, estimates only)
 GD_COST = 2.3  # a step with generative distillation (128 real + 128 replay) vs a plain step (estimates only)
 # one DDIM-50 image of the mid UNet with its Inception features, one thread beside another worker: rank1's
@@ -83,17 +84,22 @@ class Item:
     minutes: float = 0  # measured wall minutes on the tier's device, where known (estimates; fits-in check)
 
 
+def analysis_item(cfg, key, title, arch, dataset=None, seed=0, sets=None, trajectory=False) -> Item:
+    """One analysis UNet's item: train it (resumable), its spectrum and Tweedie test, and optionally the
+    spectrum at its log-spaced snapshots (trajectory)."""
+    sets = dict(sets or {}, analysis_model=arch)
+    cmds = [Cmd("spectrum", dataset, seed, sets), Cmd("tweedie", dataset, seed, sets)]
+    if trajectory:
+        cmds.append(Cmd("trajectory", dataset, seed, sets))
+    return Item(key, title, cmds, arch, dataset, seed, sets, len(cfg.fisher_timesteps) + (70 if trajectory else 0))
+
+
 def fisher_items(cfg) -> list:
     """The Fisher-chapter tier (issue 9, 14) in priority order."""
-    nt = len(cfg.fisher_timesteps)
     items = []
 
-    def run_item(key, title, arch, dataset=None, seed=0, sets=None, trajectory=False):
-        sets = dict(sets or {}, analysis_model=arch)
-        cmds = [Cmd("spectrum", dataset, seed, sets), Cmd("tweedie", dataset, seed, sets)]
-        if trajectory:
-            cmds.append(Cmd("trajectory", dataset, seed, sets))
-        items.append(Item(key, title, cmds, arch, dataset, seed, sets, nt + (50 if trajectory else 0)))
+    def run_item(*args, **kw):
+        items.append(analysis_item(cfg, *args, **kw))
 
     run_item("base-s0", "base UNet, mnist-5k, seed 0 (Fig. 1, 2, 3; trajectory; chapter-1 samples)", "base",
              trajectory=True)
@@ -116,6 +122,23 @@ def fisher_items(cfg) -> list:
                       "(trajectory; lowest priority)", [Cmd("trajectory", None, 0, longer)], "base", None, 0,
                       longer, 20))
     return items
+
+
+def paper_budget_items(cfg) -> list:
+    """The Fisher analysis at the paper's budget, in priority order: the attention-free App. D UNet on
+    mnist-5k (the architecture ablation), then base and base-resnet on full MNIST for the tier's 200
+    epochs (93,800 steps at batch 128, as App. D), then Small-1 and Small-3 there (claim C7)."""
+    e = cfg.analysis_epochs
+    return [analysis_item(cfg, "base-resnet-s0", f"base UNet without attention (App. D literally), {cfg.dataset}, "
+                          "seed 0 (architecture ablation)", "base-resnet", trajectory=True),
+            analysis_item(cfg, "mnist-base-s0", f"base UNet, full MNIST, {e} epochs, seed 0 (the paper's budget; "
+                          "Fig. 1-3, trajectory)", "base", dataset="mnist", trajectory=True),
+            analysis_item(cfg, "mnist-base-resnet-s0", f"base UNet without attention, full MNIST, {e} epochs, "
+                          "seed 0", "base-resnet", dataset="mnist", trajectory=True),
+            analysis_item(cfg, "mnist-small3-s0", f"Small-3 UNet, full MNIST, {e} epochs, seed 0 (Fig. 6)", "small3",
+                          dataset="mnist"),
+            analysis_item(cfg, "mnist-small1-s0", f"Small-1 UNet, full MNIST, {e} epochs, seed 0 (Fig. 6)", "small1",
+                          dataset="mnist")]
 
 
 def study_items(cfg) -> list:
@@ -234,7 +257,7 @@ def all_items(cfg) -> list:
     fisher = fisher_items(cfg)
     first = [i for i in fisher if i.key not in ("base-s1", "base-s2", "base-s0-x4")]
     rest = [i for i in fisher if i not in first]
-    return first + study_items(cfg) + rest[:2] + table1_items(cfg) + rest[2:]
+    return first + study_items(cfg) + rest[:2] + table1_items(cfg) + paper_budget_items(cfg) + rest[2:]
 
 
 def item_cfg(cfg, item) -> Config:

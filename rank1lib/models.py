@@ -11,6 +11,9 @@ _ARCHS = {
     # added time/class embedding is not normalised away (one channel per group would remove it).
     "base": ((16, 16, 16), 2, ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
              ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), 4, 0.0),
+    # The literal App. D reading: ResNet blocks only, no attention anywhere (no mid-block attention either).
+    "base-resnet": ((16, 16, 16), 2, ("DownBlock2D",) * 3, ("UpBlock2D",) * 3, 4, 0.0),
+    "small3-resnet": ((16, 16, 16), 1, ("DownBlock2D",) * 3, ("UpBlock2D",) * 3, 4, 0.0),
     "small1": ((16,), 1, ("DownBlock2D",), ("UpBlock2D",), 4, 0.0),
     "small3": ((16, 16, 16), 1, ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), 4, 0.0),
@@ -22,6 +25,7 @@ _ARCHS = {
     "tiny": ((16, 16), 1, ("DownBlock2D", "AttnDownBlock2D"), ("AttnUpBlock2D", "UpBlock2D"), 4, 0.0),
 }
 MODELS = tuple(_ARCHS)
+NO_ATTENTION = ("base-resnet", "small3-resnet")  # also without the mid block's attention layer
 
 
 def build_unet(name: str, num_classes: int, channels: int = 1, sample_size: int = 32) -> UNet2DModel:
@@ -34,6 +38,7 @@ def build_unet(name: str, num_classes: int, channels: int = 1, sample_size: int 
         block_out_channels=blocks, layers_per_block=layers,
         down_block_types=down, up_block_types=up, norm_num_groups=groups,
         attention_head_dim=8, num_class_embeds=num_classes, dropout=dropout,
+        add_attention=name not in NO_ATTENTION,
     )
 
 

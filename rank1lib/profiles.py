@@ -91,10 +91,12 @@ SCHEMA = {
     "compile": (str, *_switch),
     "cl_amp": (str, *_switch),
     "cl_compile": (str, *_switch),
+    "analysis_amp_models": (list, lambda v: all(m in _models() for m in v), "a list of model names"),
     "heavy": (bool, lambda v: True, "true or false"),
     "cli_only": (bool, lambda v: True, "true or false"),
     "state_in_store": (bool, lambda v: True, "true or false"),
 }
+STR_LISTS = ("analysis_amp_models",)  # list keys whose items are names (the other lists hold integers)
 
 
 def check_value(key, value):
@@ -109,7 +111,8 @@ def check_value(key, value):
         value = float(value)
     ok_type = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
     if ok_type and typ is list:
-        ok_type = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        elem = str if key in STR_LISTS else int
+        ok_type = all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
     if not ok_type or not check(value):
         raise ConfigError(f"bad value for {key!r}: {value!r} (expected {what})")
     return value

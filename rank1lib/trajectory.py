@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import data, store
-from .analysis import TRAIN_KEYS, _conf, analysis_dir, analysis_net, spectrum_compute
+from .analysis import TRAIN_KEYS, _conf, analysis_dir, analysis_net, spectrum_compute, train_cfg
 from .models import build_unet
 from .profiles import set_args
 from .registry import experiment
@@ -80,7 +80,7 @@ def trajectory(cfg, dataset=None, seed=0, arch=None, progress=True):
     """Spectrum statistics at t = 100, 300, ..., 900 (N = fisher_samples) for every stored snapshot."""
     name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
     n = cfg.fisher_samples
-    base = _conf(cfg, TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=TRAJ_T)
+    base = _conf(train_cfg(cfg, arch), TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=TRAJ_T)
     command = (f"python -m rank1lib run trajectory --profile {cfg.name} --dataset {name} --seed {seed} "
                f"--set analysis_model={arch}{set_args(cfg, ('dataset', 'analysis_model'))}")
 

@@ -452,3 +452,35 @@ def test_stored_later_lists_each_later_seeds_stored_methods(monkeypatch):
     assert runs.stored_later(cfg, "mnist-5k") == {1: ["joint", "rank1", "gd"], 2: []}
     assert asked == [("mnist-5k", (1,)), ("mnist-5k", (2,))]
     assert runs.stored_later(cfg, "fmnist") == {} and len(asked) == 2
+
+
+def test_paper_budget_items_follow_the_issue_order_and_train_200_epochs_of_full_mnist():
+    """The paper's budget: base-resnet on mnist-5k first, then base and base-resnet on full MNIST (60,000
+    images, 200 epochs at batch 128 = 200 x ceil(60000 / 128) steps, snapshots meeting the mnist-5k run at
+    6,400 steps), then Small-3 and Small-1; all before the lowest-priority base-s0-x4."""
+    from rank1lib import campaign
+    from rank1lib.analysis import analysis_dir
+    from rank1lib.train import steps_for
+    cfg = load_profile("cpu")
+    keys = [i.key for i in campaign.all_items(cfg)]
+    want = ["base-resnet-s0", "mnist-base-s0", "mnist-base-resnet-s0", "mnist-small3-s0", "mnist-small1-s0"]
+    assert [k for k in keys if k in want] == want
+    assert keys.index("mnist-small1-s0") < keys.index("base-s0-x4") == len(keys) - 1
+    item = next(i for i in campaign.all_items(cfg) if i.key == "mnist-base-s0")
+    assert item.dataset == "mnist" and item.arch == "base"
+    assert [c.experiment for c in item.cmds] == ["spectrum", "tweedie", "trajectory"]
+    acfg, ckpt = analysis_dir(campaign.item_cfg(cfg, item), "mnist", 0, "base")
+    n = steps_for(acfg, 60_000)
+    assert n == 200 * 469 and ckpt.name.startswith("mnist-base-s0-")
+    assert {6400, 12800, 25600, 51200, n} <= set(snapshot_steps(n))
+
+
+def test_analysis_amp_models_train_in_bf16_and_say_so_in_their_config():
+    """A model listed in analysis_amp_models gets amp=on in its training folder's settings and in its
+    results' config (a different folder from the fp32 run); the other models keep the profile's amp."""
+    from rank1lib.analysis import analysis_dir, train_cfg
+    cfg = load_profile("cpu", analysis_amp_models=["base-resnet"])
+    assert train_cfg(cfg, "base-resnet").amp == "on" and train_cfg(cfg, "base").amp == cfg.amp == "off"
+    a, da = analysis_dir(cfg, "mnist-5k", 0, "base-resnet")
+    b, db = analysis_dir(load_profile("cpu", analysis_amp_models=[]), "mnist-5k", 0, "base-resnet")
+    assert a.amp == "on" and b.amp == "off" and da != db

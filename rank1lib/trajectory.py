@@ -127,3 +127,56 @@ def init_spread(cfg, dataset=None, seed=0, arch=None, progress=True):
     return store.load_or_compute(cfg.name, "init_spread", f"{name}-{arch}", conf, compute, **store.policy(cfg),
                                  command=f"python -m rank1lib run init_spread --profile {cfg.name} --dataset {name}"
                                          f" --set analysis_model={arch}{set_args(cfg, ('dataset', 'analysis_model'))}")
+
+
+# The runs drawn on one pair of axes: the paper's budget (full MNIST, 93,800 steps) and the mnist-5k tier
+# (6,400 steps), each with and without attention blocks.
+BUDGET_RUNS = (("mnist", "base"), ("mnist", "base-resnet"), ("mnist-5k", "base"), ("mnist-5k", "base-resnet"))
+
+
+def budget_runs(profile="cpu") -> dict:
+    """{(dataset, arch, seed): stored trajectory record} of BUDGET_RUNS (never computed here)."""
+    from .profiles import load_profile
+    out = {}
+    for ds, arch in BUDGET_RUNS:
+        cfg = load_profile(profile, dataset=ds, analysis_model=arch)
+        for s in cfg.seeds:
+            try:
+                with store.probing():
+                    out[(ds, arch, s)] = trajectory(cfg, ds, s, arch, progress=False)
+            except (store.ResultPending, data.DataMissing):
+                pass
+    return out
+
+
+def late_mean(values, key) -> tuple:
+    """(steps, mean of `key` over t >= 500 at each snapshot) of one trajectory."""
+    t = np.array(values["t"])
+    steps = np.array([r["step"] for r in values["rows"]])
+    return steps, np.array([np.mean(np.array(r[key])[t >= 500]) for r in values["rows"]])
+
+
+def budget_figure(runs):
+    """r_t and the rank-1 error (means over t >= 500) against optimiser steps for every run of budget_runs;
+    the initialisation is drawn at step 1 of the log axis."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    names = {"mnist": "full MNIST", "mnist-5k": "mnist-5k"}
+    for (ds, arch, seed), rec in runs.items():
+        style = dict(color=f"C{BUDGET_RUNS.index((ds, arch))}", alpha=1.0 if seed == 0 else 0.45,
+                     marker="o" if ds == "mnist" else ".", ls="-" if arch == "base" else "--")
+        lab = f"{arch}, {names.get(ds, ds)}" if seed == 0 else None
+        for a, key in zip(ax, ("r", "err_rank1")):
+            steps, y = late_mean(rec.values, key)
+            a.semilogx(np.maximum(steps, 1), y, label=lab, **style)
+    ax[0].set(xlabel="optimiser step (log; 1 = initialisation)", ylabel=r"mean $r_t$ over $t \geq 500$",
+              title=r"$r_t = \lambda_2/\lambda_1$ along training", ylim=(0, None))
+    ax[1].set(xlabel="optimiser step (log)", ylabel="relative Frobenius error", ylim=(0, 1.05),
+              title=r"rank-1 error of $c^\star\mu_t\mu_t^\top$ ($t \geq 500$)")
+    for x, what in ((6400, "mnist-5k, 200 epochs"), (93800, "full MNIST, 200 epochs")):
+        for a in ax:
+            a.axvline(x, color="0.7", lw=0.8, zorder=0)
+        ax[1].text(x, 1.02, what, rotation=90, ha="right", va="top", fontsize=8, color="0.4")
+    ax[0].legend(fontsize=9)
+    fig.tight_layout()
+    return fig

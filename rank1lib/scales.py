@@ -1,0 +1,117 @@
+"""The models and training budgets at which the Fisher claims are judged, and each one's premise.
+
+The paper's Fisher claims (C2-C7, C13) are about a model near convergence. A scale is one analysis
+UNet trained with one budget (model, dataset, steps, tier); the ledger applies each claim's rule to
+every scale that has a stored spectrum, so it can say where the claim holds. The premise of a
+Fisher claim, "near convergence", is read from the run's own training loss.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import store
+from .data import DataMissing
+from .profiles import load_profile
+
+NEAR_CONVERGENCE = 0.05  # the smoothed training loss changed by less than this over the last doubling of steps
+SMOOTH = 0.10            # each end of that doubling: the mean loss over the last 10% of steps before it
+
+
+@dataclass(frozen=True)
+class Scale:
+    key: str
+    model: str      # how the book names the network
+    profile: str    # the tier whose store holds it
+    dataset: str
+    arch: str
+    sets: tuple = ()  # further profile values the stored runs were made with
+    seeds: tuple = (0, 1, 2)
+
+    @property
+    def column(self) -> str:
+        """The ledger's column for this scale: network and data (the steps are in each result's label)."""
+        data = {"mnist": "full MNIST", "mnist-5k": "mnist-5k"}.get(self.dataset, self.dataset)
+        return f"{self.model}, {data}" + (f" ({self.profile} tier)" if self.profile != "cpu" else "")
+
+    def cfg(self):
+        return load_profile(self.profile, dataset=self.dataset, analysis_model=self.arch, **dict(self.sets))
+
+
+# Column order of the ledger: the paper's budget (full MNIST) first, then the mnist-5k tier, then the
+# attention-free App. D reading, then the paper's continual-learning UNet from the gpu tier.
+SCALES = [
+    Scale("base-mnist", "base UNet", "cpu", "mnist", "base"),
+    Scale("base-mnist-5k", "base UNet", "cpu", "mnist-5k", "base"),
+    Scale("base-resnet-mnist", "base UNet without attention", "cpu", "mnist", "base-resnet"),
+    Scale("base-resnet-mnist-5k", "base UNet without attention", "cpu", "mnist-5k", "base-resnet"),
+    Scale("cl-mnist-5k", "35.7M continual-learning UNet", "gpu", "mnist-5k", "cl", (("analysis_epochs", 200),)),
+]
+BY_KEY = {s.key: s for s in SCALES}
+SIZES = ("small1", "small3", "base", "cl")  # claim C7: the networks in order of size
+
+
+def _get(fn, *args, **kw):
+    try:
+        with store.probing():
+            return fn(*args, progress=False, **kw)
+    except (store.ResultPending, DataMissing):
+        return None
+
+
+def spectra(scale, seeds=None) -> dict:
+    """{seed: stored spectrum record} of a scale (never computed here)."""
+    from .analysis import spectrum
+    cfg = scale.cfg()
+    out = {}
+    for s in seeds if seeds is not None else scale.seeds:
+        rec = _get(spectrum, cfg, arch=scale.arch, seed=s)
+        if rec is not None:
+            out[s] = rec
+    return out
+
+
+def label(scale, rec) -> str:
+    """'base UNet (151,249 parameters), full MNIST, 93,800 steps' from a stored record."""
+    v = rec.values
+    data = {"mnist": "full MNIST", "mnist-5k": "mnist-5k"}.get(scale.dataset, scale.dataset)
+    return f"{scale.model} ({v['params']:,} parameters), {data}, {v['train_steps']:,} steps"
+
+
+def view(rec) -> dict:
+    """The per-t statistics the Fisher rules read from one spectrum record (plain floats and lists)."""
+    v = rec.values
+    out = {k: np.asarray(v[k], dtype=float) for k in ("t", "r", "share", "err_diag", "err_rank1", "mu_cos")}
+    cos = (rec.arrays or {}).get("cos")
+    out["cos_mean"] = None if cos is None else np.asarray(cos, dtype=float).mean(1)
+    return out
+
+
+def mean_view(views) -> dict:
+    """The seeds' mean of each per-t statistic (the rules applied to the mean run of several seeds)."""
+    out = {k: np.mean([v[k] for v in views], 0) for k in views[0] if views[0][k] is not None}
+    out["cos_mean"] = out.get("cos_mean")
+    return out
+
+
+def premise(loss_curve, steps) -> dict:
+    """'Near convergence' (the Fisher claims' premise): the training loss, smoothed over the last 10% of
+    steps before each point, changed by less than 5% between step T/2 and step T (the last doubling)."""
+    s, loss = np.asarray(loss_curve, dtype=float).T
+
+    def at(x):
+        m = (s > (1 - SMOOTH) * x) & (s <= x)
+        return float(loss[m].mean()) if m.any() else float("nan")
+    end, half = at(steps), at(steps / 2)
+    change = (half - end) / half
+    holds = bool(abs(change) < NEAR_CONVERGENCE)
+    return {"holds": holds, "change": change, "loss_half": half, "loss_end": end, "steps": int(steps),
+            "text": f"training loss {half:.4f} at step {int(steps // 2):,} -> {end:.4f} at step {int(steps):,} "
+                    f"({100 * change:+.1f}% over the last doubling; near convergence means < "
+                    f"{100 * NEAR_CONVERGENCE:.0f}%): {'met' if holds else 'not met'}"}
+
+
+def run_premise(rec) -> dict | None:
+    """The premise of one stored spectrum record, from its loss curve (None where none is stored)."""
+    if rec.arrays is None or "loss_curve" not in rec.arrays:
+        return None
+    return premise(rec.arrays["loss_curve"], rec.values["train_steps"])

@@ -1,0 +1,69 @@
+"""The book as a published, citable artefact: Pages workflow, CITATION.cff, licences.
+
+Standard library and PyYAML only: these tests read files, they build nothing.
+"""
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(path):
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def _uses(step, action):
+    return str(step.get("uses", "")).split("@")[0] == action
+
+
+def _workflow():
+    wf = _load(".github/workflows/book.yml")
+    assert isinstance(wf, dict)
+    return wf
+
+
+def test_workflow_builds_the_book_on_push_to_main_and_deploys_it_to_pages():
+    wf = _workflow()
+    triggers = wf.get("on", wf.get(True))  # YAML 1.1: a bare `on` key loads as True
+    assert isinstance(triggers, dict), triggers
+    assert "main" in triggers["push"]["branches"]
+
+    jobs = wf["jobs"]
+    builders = [name for name, job in jobs.items()
+                if any("make book" in step.get("run", "") for step in job["steps"])]
+    assert len(builders) == 1, builders
+    build = jobs[builders[0]]
+    uploads = [s for s in build["steps"] if _uses(s, "actions/upload-pages-artifact")]
+    assert [s.get("with", {}).get("path") for s in uploads] == ["_build/html"]
+
+    deployers = [job for job in jobs.values()
+                 if any(_uses(s, "actions/deploy-pages") for s in job["steps"])]
+    assert len(deployers) == 1
+    deploy = deployers[0]
+    needs = deploy.get("needs", [])
+    assert builders[0] in ([needs] if isinstance(needs, str) else needs)
+    assert deploy["permissions"].get("pages") == "write"
+    assert deploy["permissions"].get("id-token") == "write"
+
+
+def _bib_title(key):
+    bib = (ROOT / "references.bib").read_text()
+    entry = re.search(r"@\w+\{" + re.escape(key) + r",(.*?)\n\}", bib, re.S).group(1)
+    title = re.search(r"title\s*=\s*\{(.*)\},?\s*$", entry, re.M).group(1)
+    return title.replace("{", "").replace("}", "")
+
+
+def test_citation_cff_cites_the_software_and_references_the_paper():
+    cff = _load("CITATION.cff")
+    assert str(cff["cff-version"]).startswith("1.2")
+    assert cff["title"].strip()
+    assert cff["authors"] and all(a.get("name") or a.get("family-names") for a in cff["authors"])
+    assert cff["license"] == "MIT"
+    paper = _bib_title("wang2026rank1")
+    assert paper in [ref["title"] for ref in cff.get("references", [])]
+
+
+def test_license_is_mit():
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")

@@ -1,0 +1,85 @@
+"""The ledger per model and budget: the near-convergence premise, the rule over seeds, the scale table,
+and the continual-learning premise (task 1 learned), each on hand-made results."""
+import numpy as np
+import pytest
+
+from rank1lib import claims, scales, store
+
+
+class Fake(store.Result):
+    pass
+
+
+def fake(values, arrays=None, experiment="spectrum"):
+    r = Fake({"profile": "cpu", "experiment": experiment, "name": "x", "config": {"seed": 0}, "values": values,
+              "provenance": {"device": "cpu", "commit": "abc", "date": "2026-12-05"}})
+    r["_arrays"] = arrays or {}
+    return r
+
+
+def test_premise_on_a_linear_loss_by_hand():
+    """Loss 1 + (1000 - s) / 1000 at window centres s = 0.5..999.5: the mean over (900, 1000] is 1.05 and over
+    (450, 500] is 1.525, so the change over the last doubling is (1.525 - 1.05) / 1.525 = 31.1%: not met."""
+    s = np.arange(1000) + 0.5
+    p = scales.premise(np.stack([s, 1 + (1000 - s) / 1000], 1), 1000)
+    assert p["loss_end"] == pytest.approx(1.05) and p["loss_half"] == pytest.approx(1.525)
+    assert p["change"] == pytest.approx(0.475 / 1.525) and not p["holds"] and "not met" in p["text"]
+    flat = scales.premise(np.stack([s, np.full(1000, 0.02)], 1), 1000)
+    assert flat["holds"] and flat["change"] == pytest.approx(0.0)
+
+
+def spectrum(err_rank1, params=151_249, steps=6400):
+    t = [100, 300, 500, 700, 900]
+    s = (np.arange(400) + 0.5) * steps / 400
+    curve = np.stack([s, np.full(400, 0.02)], 1)  # a flat loss: the premise is met
+    return fake({"t": t, "r": [0.1] * 5, "share": [0.9] * 5, "err_diag": [0.99] * 5, "err_rank1": [err_rank1] * 5,
+                 "mu_cos": np.eye(5).tolist(), "params": params, "train_steps": steps, "arch": "base"},
+                {"cos": np.full((5, 4), 0.5), "loss_curve": curve})
+
+
+@pytest.mark.parametrize("errs, per_seed, verdict", [
+    ((0.5, 0.5, 1.2), ["agree", "agree", "partial"], "agree"),    # mean 0.733 < 0.99 and 2 of 3 seeds agree
+    ((0.5, 1.2, 1.2), ["agree", "partial", "partial"], "partial"),  # mean 0.967 < 0.99 but 1 of 3 seeds agrees
+    ((1.2, 1.2, 1.2), ["partial"] * 3, "partial"),
+])
+def test_c5_over_seeds_is_the_mean_run_kept_only_with_a_majority(monkeypatch, errs, per_seed, verdict):
+    monkeypatch.setattr(scales, "spectra", lambda scale, seeds=None: {s: spectrum(e) for s, e in enumerate(errs)})
+    row = claims.at_scale("C5", scales.BY_KEY["base-mnist-5k"])
+    assert list(row["per_seed"].values()) == per_seed and row["verdict"] == verdict
+    assert row["premise"]["holds"] and row["column"] == "base UNet, mnist-5k"
+    assert row["label"] == "base UNet (151,249 parameters), mnist-5k, 6,400 steps"
+
+
+def test_scale_table_puts_each_verdict_under_its_model_and_budget(monkeypatch):
+    got = {"base-mnist": spectrum(0.5, steps=93_800), "cl-mnist-5k": spectrum(1.2, params=35_746_817)}
+    monkeypatch.setattr(scales, "spectra", lambda scale, seeds=None: {0: got[scale.key]} if scale.key in got else {})
+    row = claims.ledger("cpu")[claims.CLAIMS.index(claims.BY_ID["C5"])]
+    assert row["headline"].startswith("base UNet (151,249 parameters), full MNIST, 93,800 steps")
+    assert row["verdict"] == "agree" and [s["scale"] for s in row["scales"]] == ["base-mnist", "cl-mnist-5k"]
+    table = {r["claim"]: r for r in claims.scale_table([row])}
+    assert table["C5"]["base UNet, full MNIST"] == "agrees"
+    assert table["C5"]["35.7M continual-learning UNet, mnist-5k (gpu tier)"] == "agrees in part"
+    assert table["C5"]["base UNet, mnist-5k"] == ""
+    assert "at each model and budget" in claims.markdown(row)
+
+
+def test_a_verdict_whose_premise_fails_says_so():
+    row = {"verdict": "disagree", "premise": {"holds": False, "text": "x"}}
+    assert claims.verdict_text(row) == "does not agree (premise not met)"
+    assert claims.verdict_text({"verdict": "agree", "premise": {"holds": True, "text": "x"}}) == "agrees"
+    assert claims.verdict_text({"verdict": "agree"}) == "agrees"
+
+
+@pytest.mark.parametrize("task1, holds", [(150.0, True), (151.0, False)])
+def test_task1_learned_is_its_fid_within_1_5x_of_the_joint_a_fid(monkeypatch, task1, holds):
+    recs = {"joint": [fake({"a_fid": 100.0}, experiment="continual")],
+            "finetune": [fake({"a_fid_at_k": [task1, 200.0]}, experiment="continual")]}
+    monkeypatch.setattr(claims, "_cl", lambda cfg, ds, methods: recs if ds == "mnist-5k" else None)
+    p = claims.cl_premise(None)
+    assert p["holds"] is holds and f"{task1:.1f} vs joint A-FID 100.0" in p["text"]
+
+
+def test_every_rule_change_keeps_both_rules_and_both_verdicts():
+    for c in claims.RULE_CHANGES:
+        assert c["claim"] in claims.BY_ID and c["date"] and c["old"] != c["new"]
+        assert {c["old_verdict"], c["new_verdict"]} <= set(claims.VERDICT_STYLE)

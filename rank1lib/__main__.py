@@ -169,9 +169,9 @@ def parser():
     c.add_argument("--jobs", type=int, default=2, help="items run at once (2 x 1 thread measured fastest on 2 cores)")
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per item process")
     c.add_argument("--dry-run", action="store_true", help="only list the items with status and estimates")
-    c.add_argument("--only", nargs="+", metavar="ITEM", help="run only these items (names or shell globs, "
+    c.add_argument("--only", nargs="+", action="extend", metavar="ITEM", help="run only these items (names or shell globs, "
                    "e.g. 'cl-fmnist-s0-*')")
-    c.add_argument("--skip", nargs="+", metavar="ITEM", help="leave out these items (names or globs; e.g. "
+    c.add_argument("--skip", nargs="+", action="extend", metavar="ITEM", help="leave out these items (names or globs; e.g. "
                    "'*-gd*' keeps the generative-distillation runs for a GPU sitting)")
     c.add_argument("--log-dir", metavar="DIR", help="item logs (default _build/campaign in the code's checkout; "
                    "a worktree's logs go with it)")

@@ -212,25 +212,37 @@ def seed_spread(values, keys=("r", "err_rank1", "err_diag")) -> dict:
 
 @experiment("vae", "App. C: share of the top Fisher eigenvalue, VAE (beta = 1, 1e-3) vs DDPM")
 def vae_share(cfg, dataset=None, seed=0, progress=True):
-    """App. C: lambda1 / sum(lambda) for an MSE+KL VAE, the same with KL x 1e-3, and the DDPM per t."""
+    """App. C: lambda1 / sum(lambda) for an MSE+KL VAE (squared error summed over pixels), the same with KL x 1e-3."""
+    return _vae(cfg, dataset, seed, progress, "sum")
+
+
+@experiment("vae_mean", "App. C with the squared error averaged over pixels (KL 1024x stronger than summed)")
+def vae_share_mean(cfg, dataset=None, seed=0, progress=True):
+    """App. C's VAE with a per-pixel-mean squared error, beta = 1 and 1e-3 (the other reading of MSE + KL)."""
+    return _vae(cfg, dataset, seed, progress, "mean")
+
+
+def _vae(cfg, dataset, seed, progress, reduction):
     name = dataset or cfg.dataset
     n = cfg.fisher_samples
     steps = cfg.analysis_max_steps or cfg.analysis_epochs * math.ceil(len(analysis_data(cfg, name)[0]) / 64)
     conf = _conf(cfg, ("train_per_class",), dataset=name, seed=seed, n=n, steps=steps, batch=64, lr=1e-3)
+    conf |= {"reduction": reduction} if reduction != "sum" else {}  # the summed form keeps its stored config
+    experiment = "vae" if reduction == "sum" else "vae_mean"
 
     def compute():
         x, _ = analysis_data(cfg, name)
         pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-        values = {"steps": steps, "n_samples": n}
+        values = {"steps": steps, "n_samples": n, "reduction": reduction}
         for beta in (1.0, 1e-3):
-            model, losses = vae.train_vae(x, beta, steps, seed=seed, progress=progress)
-            s = vae.fisher_stats(model, x[pick], beta, seed)
+            model, losses = vae.train_vae(x, beta, steps, seed=seed, progress=progress, reduction=reduction)
+            s = vae.fisher_stats(model, x[pick], beta, seed, reduction=reduction)
             key = f"beta={beta:g}"
             values[key] = {"share": s["share"], "lam": [float(v) for v in s["lam"]], "r": s["r"],
                            "final_loss": float(np.mean(losses[-20:])),
                            "params": sum(p.numel() for p in model.parameters())}
         return values, None, "cpu"
 
-    return store.load_or_compute(cfg.name, "vae", f"{name}-s{seed}", conf, compute, **store.policy(cfg),
-                                 command=f"python -m rank1lib run vae --profile {cfg.name} --dataset {name} --seed {seed}"
-                                         f"{set_args(cfg)}")
+    return store.load_or_compute(cfg.name, experiment, f"{name}-s{seed}", conf, compute, **store.policy(cfg),
+                                 command=f"python -m rank1lib run {experiment} --profile {cfg.name} --dataset {name} "
+                                         f"--seed {seed}{set_args(cfg)}")

@@ -129,8 +129,18 @@ def paper_budget_items(cfg) -> list:
     mnist-5k (the architecture ablation), then base and base-resnet on full MNIST for the tier's 200
     epochs (93,800 steps at batch 128, as App. D), then Small-1 and Small-3 there (claim C7)."""
     e = cfg.analysis_epochs
+
+    def init(key, arch, dataset=None):  # the re-initialised controls of a trajectory (claim C13)
+        sets = {"analysis_model": arch}
+        return Item(key, f"{arch} UNet at initialisation, {dataset or cfg.dataset}, 5 seeds (trajectory controls)",
+                    [Cmd("init_spread", dataset, 0, sets)], None, dataset, 0, sets, spectra_t=25)
     return [analysis_item(cfg, "base-resnet-s0", f"base UNet without attention (App. D literally), {cfg.dataset}, "
                           "seed 0 (architecture ablation)", "base-resnet", trajectory=True),
+            Item("vae-mean", "VAE with a per-pixel-mean squared error, beta = 1 and 1e-3 (App. C, claim C6)",
+                 [Cmd("vae_mean")], minutes=8),  # the summed form's item took 467 s
+            init("init-spread-base-resnet", "base-resnet"),
+            init("mnist-init-spread", "base", "mnist"),
+            init("mnist-init-spread-base-resnet", "base-resnet", "mnist"),
             analysis_item(cfg, "mnist-base-s0", f"base UNet, full MNIST, {e} epochs, seed 0 (the paper's budget; "
                           "Fig. 1-3, trajectory)", "base", dataset="mnist", trajectory=True),
             analysis_item(cfg, "mnist-base-resnet-s0", f"base UNet without attention, full MNIST, {e} epochs, "

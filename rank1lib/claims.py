@@ -256,10 +256,10 @@ def _seeds_verdict(on_mean, per_seed) -> str:
     return on_mean
 
 
-def _vae_share(dataset):
-    from .analysis import vae_share
-    rec = _get(vae_share, load_profile("cpu", dataset=dataset))
-    return rec
+def _vae_share(dataset, mean=False):
+    """The cpu tier's stored VAE result on `dataset` (squared error summed over pixels, or its per-pixel mean)."""
+    from .analysis import vae_share, vae_share_mean
+    return _get(vae_share_mean if mean else vae_share, load_profile("cpu", dataset=dataset))
 
 
 def rule_c6(v, vrec):
@@ -297,7 +297,14 @@ def at_scale(cid, scale) -> dict | None:
         vrec = _vae_share(scale.dataset)
         if vrec is None:
             return None
-        rule = lambda v: rule_c6(v, vrec)  # noqa: E731
+        vmean = _vae_share(scale.dataset, mean=True)
+
+        def rule(v):  # the rule reads the summed form (fixed first); the per-pixel-mean form is shown beside it
+            ours, checks = rule_c6(v, vrec)
+            if vmean is not None:
+                ours += (f"; with a per-pixel-mean squared error: VAE {100 * vmean.values['beta=1']['share']:.0f}%, "
+                         f"VAE (KL x 1e-3) {100 * vmean.values['beta=0.001']['share']:.0f}%")
+            return ours, checks
     elif cid == "C13":
         from .trajectory import init_spread, trajectory
         cfg = scale.cfg()

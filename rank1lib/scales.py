@@ -115,3 +115,46 @@ def run_premise(rec) -> dict | None:
     if rec.arrays is None or "loss_curve" not in rec.arrays:
         return None
     return premise(rec.arrays["loss_curve"], rec.values["train_steps"])
+
+
+NAMES = {"small1": "Small-1 UNet", "small3": "Small-3 UNet", "base": "base UNet",
+         "base-resnet": "base UNet without attention", "cl": "35.7M continual-learning UNet"}
+
+
+def size_scales() -> list:
+    """Every network of the Fisher chapters on each dataset it is analysed on (seed 0), smallest first."""
+    out = []
+    for ds in ("mnist", "mnist-5k"):
+        for arch in ("small1", "small3", "base-resnet", "base", "cl"):
+            known = next((s for s in SCALES if s.arch == arch and s.dataset == ds), None)
+            if known is not None:
+                out.append(known)
+            elif arch != "cl":
+                out.append(Scale(f"{arch}-{ds}", NAMES[arch], "cpu", ds, arch))
+    return out
+
+
+def seed0_spectra() -> dict:
+    """{Scale: stored seed-0 spectrum} for every size_scales() entry that has one."""
+    found = {sc: spectra(sc, [0]).get(0) for sc in size_scales()}
+    return {sc: r for sc, r in found.items() if r is not None}
+
+
+def sizes_figure(found):
+    """r_t and the rank-1 error against t for every stored network and budget (Fig. 6 across sizes):
+    colour by network, solid lines for full MNIST, dashed for mnist-5k."""
+    import matplotlib.pyplot as plt
+    colours = {a: f"C{i}" for i, a in enumerate(NAMES)}
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for sc, rec in found.items():
+        v = rec.values
+        style = dict(color=colours[sc.arch], ls="-" if sc.dataset == "mnist" else "--", marker="o", ms=3)
+        ax[0].plot(v["t"], v["r"], label=label(sc, rec), **style)
+        ax[1].plot(v["t"], v["err_rank1"], **style)
+    ax[0].set(xlabel="timestep t", ylabel=r"$r_t = \lambda_2/\lambda_1$", title=r"$r_t$ per network and budget",
+              ylim=(0, None))
+    ax[1].set(xlabel="timestep t", ylabel="relative Frobenius error", title=r"rank-1 error of $c^\star\mu_t\mu_t^\top$",
+              ylim=(0, 1.05))
+    fig.legend(loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.03 + 0.045 * ((len(found) + 1) // 2), 1, 1))
+    return fig

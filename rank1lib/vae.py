@@ -1,7 +1,9 @@
 """Appendix C: a small convolutional VAE (Kingma & Welling 2014) and its empirical Fisher.
 
 Per-sample loss l(x) = ||x - x_hat||^2 + beta * KL(q(z|x) || N(0, I)) (Gaussian decoder; sum over
-pixels, images in [-1, 1]); beta = 1 is the plain MSE+KL VAE, beta = 1e-3 the down-weighted KL.
+pixels, images in [-1, 1]); beta = 1 is the plain MSE+KL VAE, beta = 1e-3 the down-weighted KL. The
+summed squared error weighs the KL term 1/D (D = 1024 pixels) as strongly as a per-pixel-mean error
+would, so reduction="mean" gives the other reading of "MSE + KL".
 The reparameterisation noise of each sample is fixed, so g_i is a deterministic function of theta.
 """
 import torch
@@ -31,15 +33,17 @@ class ConvVAE(nn.Module):
         return self.dec(self.from_z(z)), m, logvar
 
 
-def per_sample_loss(model, x, noise, beta):
-    """l_i = ||x_i - x_hat_i||^2 + beta * KL_i (app. C's MSE+KL objective)."""
+def per_sample_loss(model, x, noise, beta, reduction="sum"):
+    """l_i = ||x_i - x_hat_i||^2 + beta * KL_i (app. C's MSE+KL objective); reduction "mean" averages the
+    squared error over pixels instead of summing it."""
     x_hat, m, logvar = model(x, noise)
-    rec = (x_hat - x).pow(2).flatten(1).sum(1)
+    err = (x_hat - x).pow(2).flatten(1)
+    rec = err.sum(1) if reduction == "sum" else err.mean(1)
     kl = 0.5 * (m.pow(2) + logvar.exp() - 1 - logvar).sum(1)
     return rec + beta * kl
 
 
-def train_vae(x_uint8, beta, steps, batch_size=64, lr=1e-3, seed=0, z_dim=16, progress=False):
+def train_vae(x_uint8, beta, steps, batch_size=64, lr=1e-3, seed=0, z_dim=16, progress=False, reduction="sum"):
     """Adam on the batch-mean loss; returns (model, losses)."""
     torch.manual_seed(seed)
     model = ConvVAE(x_uint8.shape[1], z_dim)
@@ -49,7 +53,7 @@ def train_vae(x_uint8, beta, steps, batch_size=64, lr=1e-3, seed=0, z_dim=16, pr
     losses = []
     for _ in tqdm(range(steps), desc=f"VAE beta={beta:g}", disable=not progress, leave=False):
         idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
-        loss = per_sample_loss(model, x[idx], torch.randn(len(idx), z_dim, generator=gen), beta).mean()
+        loss = per_sample_loss(model, x[idx], torch.randn(len(idx), z_dim, generator=gen), beta, reduction).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -57,7 +61,7 @@ def train_vae(x_uint8, beta, steps, batch_size=64, lr=1e-3, seed=0, z_dim=16, pr
     return model, losses
 
 
-def per_sample_grads(model, x_uint8, beta, seed=0):
+def per_sample_grads(model, x_uint8, beta, seed=0, reduction="sum"):
     """(N, P) per-sample gradients, one backward per sample (the VAE is small)."""
     gen = torch.Generator().manual_seed(seed)
     x = to_model_range(x_uint8)
@@ -65,12 +69,12 @@ def per_sample_grads(model, x_uint8, beta, seed=0):
     params = [p for p in model.parameters() if p.requires_grad]
     rows = []
     for i in range(len(x)):
-        g = torch.autograd.grad(per_sample_loss(model, x[i:i + 1], noise[i:i + 1], beta)[0], params)
+        g = torch.autograd.grad(per_sample_loss(model, x[i:i + 1], noise[i:i + 1], beta, reduction)[0], params)
         rows.append(torch.cat([gi.reshape(-1) for gi in g]))
     return torch.stack(rows)
 
 
-def fisher_stats(model, x_uint8, beta, seed=0, k=5):
+def fisher_stats(model, x_uint8, beta, seed=0, k=5, reduction="sum"):
     """Spectrum statistics of the VAE's empirical Fisher (share = lambda1 / sum lambda, app. C)."""
-    acc = fisher.gram_from_G(per_sample_grads(model, x_uint8, beta, seed))
+    acc = fisher.gram_from_G(per_sample_grads(model, x_uint8, beta, seed, reduction))
     return fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"], k)

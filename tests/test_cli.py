@@ -30,3 +30,11 @@ def test_cli_data_run_and_list(tmp_store):
     r = run("list", env_tmp=dict(os.environ))
     assert r.returncode == 0
     assert "ci/data/mnist-5k.json" in r.stdout and "mnist-5k" in r.stdout and "paper" in r.stdout
+
+
+def test_repeated_only_and_skip_add_up():
+    """`--only a --only b` runs both items (a repeated flag used to keep only the last list)."""
+    from rank1lib.__main__ import parser
+    a = parser().parse_args(["campaign", "--profile", "cpu", "--only", "x", "--only", "y", "z", "--skip", "w",
+                             "--skip", "v"])
+    assert a.only == ["x", "y", "z"] and a.skip == ["w", "v"]

@@ -31,3 +31,16 @@ def test_vae_training_lowers_loss():
     x = torch.randint(0, 256, (64, 1, 32, 32), dtype=torch.uint8)
     _, losses = vae.train_vae(x, beta=1.0, steps=30, batch_size=32, seed=0, z_dim=4)
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_pixel_mean_form_divides_only_the_squared_error_by_the_pixel_count():
+    """reduction='mean': l = ||x - x_hat||^2 / D + beta KL, D = 1024 pixels; the KL term is unchanged."""
+    import torch
+    from rank1lib import vae
+    torch.manual_seed(0)
+    m = vae.ConvVAE(1, 16)
+    x, noise = torch.rand(3, 1, 32, 32) * 2 - 1, torch.randn(3, 16)
+    rec_sum = vae.per_sample_loss(m, x, noise, 0.0, "sum")
+    assert torch.allclose(vae.per_sample_loss(m, x, noise, 0.0, "mean") * 1024, rec_sum, rtol=1e-5)
+    kl = vae.per_sample_loss(m, x, noise, 1.0, "sum") - rec_sum
+    assert torch.allclose(vae.per_sample_loss(m, x, noise, 1.0, "mean"), rec_sum / 1024 + kl, rtol=1e-5)

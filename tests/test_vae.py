@@ -38,8 +38,8 @@ def test_pixel_mean_form_divides_only_the_squared_error_by_the_pixel_count():
     import torch
     from rank1lib import vae
     torch.manual_seed(0)
-    m = vae.ConvVAE(1, 16)
-    x, noise = torch.rand(3, 1, 32, 32) * 2 - 1, torch.randn(3, 16)
+    m = vae.ConvVAE(1, 16).double()
+    x, noise = torch.rand(3, 1, 32, 32, dtype=torch.float64) * 2 - 1, torch.randn(3, 16, dtype=torch.float64)
     rec_sum = vae.per_sample_loss(m, x, noise, 0.0, "sum")
     assert torch.allclose(vae.per_sample_loss(m, x, noise, 0.0, "mean") * 1024, rec_sum, rtol=1e-5)
     kl = vae.per_sample_loss(m, x, noise, 1.0, "sum") - rec_sum

@@ -151,6 +151,26 @@ def paper_budget_items(cfg) -> list:
                           dataset="mnist")]
 
 
+def learned_items(cfg, dataset=None, seed=0) -> list:
+    """A learned task 1 (chapter 5): task 1 trained on until learned, then task 2 under each method of
+    learned_task1.RUNS in its order; every item resumes from the committed task-1 state."""
+    from .continual import RECIPES
+    from .learned_task1 import RUNS
+    ds, n = dataset or cfg.dataset, cfg.task1_max_steps  # estimates: the longest task 1 (upper bounds)
+    out = [Item(f"l1-{ds}-s{seed}-task1", f"task 1 of {ds} trained until learned (at most {n} steps), seed {seed}",
+                [Cmd("learned_task1", ds, seed)], None, ds, seed, steps=n)]
+    for method, lam in RUNS:
+        sets = {"lam": lam} if lam is not None else {}
+        gd = RECIPES[method][1]
+        pool = 2 * cfg.replay_per_class * SEC_PER_IMAGE_1T / SEC_PER_STEP_1T.get(cfg.model, 1.5) if gd else 0
+        out.append(Item(f"l1-{ds}-s{seed}-{method}" + (f"-lam{lam:g}" if lam is not None else ""),
+                        f"{method} on task 2 after a learned task 1, {ds}, seed {seed}"
+                        + (f", lambda = {lam:g}" if lam is not None else ""),
+                        [Cmd("learned_task1", ds, seed, sets, method=method)], None, ds, seed, sets,
+                        steps=round(n * (GD_COST if gd else 1) + pool)))
+    return out
+
+
 def study_items(cfg) -> list:
     """The network study of the continual-learning tier (issue 10): one joint model per candidate."""
     from .study import CANDIDATES
@@ -267,7 +287,9 @@ def all_items(cfg) -> list:
     fisher = fisher_items(cfg)
     first = [i for i in fisher if i.key not in ("base-s1", "base-s2", "base-s0-x4")]
     rest = [i for i in fisher if i not in first]
-    return first + study_items(cfg) + rest[:2] + table1_items(cfg) + paper_budget_items(cfg) + rest[2:]
+    paper = paper_budget_items(cfg)
+    return (first + study_items(cfg) + rest[:2] + table1_items(cfg) + paper[:-2] + learned_items(cfg) + paper[-2:]
+            + rest[2:])
 
 
 def item_cfg(cfg, item) -> Config:

@@ -180,7 +180,7 @@ class Evaluator:
         ref, mu, sigma = self.ref_features(i)
         return fid.frechet_distance(mu, sigma, feats2=feats), fid.kid(ref, feats)
 
-    def row(self, model, k, partial=None):
+    def row(self, model, k, partial=None, seed=10_000):
         """{"fid": [FID_i(m_k)], "kid": [KID_i(m_k)]} for tasks i = 0..k. Each task's images have their own
         seed, so with `partial` (a JSON path) every finished task is saved at once and a rerun after an
         interruption computes only the missing tasks, with the same numbers; the file goes when the row is done."""
@@ -189,7 +189,7 @@ class Evaluator:
             if str(i) in done:
                 continue
             y = self.reference(i)[1]
-            im = ddim_sample(model, y, steps=self.cfg.ddim_steps, seed=10_000 + i, batch_size=self.cfg.sample_batch,
+            im = ddim_sample(model, y, steps=self.cfg.ddim_steps, seed=seed + i, batch_size=self.cfg.sample_batch,
                              progress=False, amp=amp_on(self.cfg.amp, self.device))
             done[str(i)] = self.scores(i, fid.features(self.metric, im))
             if partial is not None and distributed.is_main():

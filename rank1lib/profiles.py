@@ -91,6 +91,7 @@ SCHEMA = {
     "compile": (str, *_switch),
     "cl_amp": (str, *_switch),
     "cl_compile": (str, *_switch),
+    "task1_max_steps": (int, *_int_at_least(1)),
     "analysis_amp_models": (list, lambda v: all(m in _models() for m in v), "a list of model names"),
     "heavy": (bool, lambda v: True, "true or false"),
     "cli_only": (bool, lambda v: True, "true or false"),

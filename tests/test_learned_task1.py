@@ -1,0 +1,40 @@
+"""A learned task 1 (two tasks): the stopping rule, task 2 from the chosen model, the stored summaries."""
+import numpy as np
+import pytest
+
+from rank1lib import learned_task1 as lt
+from rank1lib.profiles import load_profile
+
+
+def test_task1_points_are_the_tier_length_then_half_and_all_of_the_cap():
+    assert lt.task1_points(load_profile("cpu"), 917) == [917, 2048, 4096]
+    assert lt.task1_points(load_profile("cpu", task1_max_steps=500), 917) == [917]
+
+
+@pytest.mark.parametrize("joint, chosen, learned", [(1e9, 4, True), (0.0, 8, False)])
+def test_task1_stops_at_the_first_learned_point_and_task2_trains_as_long(tmp_store, monkeypatch, joint, chosen,
+                                                                         learned):
+    """ci: points 4 and 8. A joint FID no model can miss by 1.5x stops at the first point; a joint FID of 0
+    is never met, so task 1 runs to the cap and is marked not learned. Task 2 trains as many steps."""
+    monkeypatch.setattr(lt, "_joint_fid1", lambda cfg, ds, seed, progress: joint)
+    cfg = load_profile("ci")
+    t1 = lt.learned_task1(cfg, "mnist-5k", 0, progress=False).values
+    assert t1["steps"] == chosen and t1["learned"] is learned
+    assert [p["step"] for p in t1["curve"]] == [4, 8][:[4, 8].index(chosen) + 1]
+    assert all(len(p["fid"]) == len(lt.FID_SEEDS) for p in t1["curve"])
+    r = lt.learned_task1(cfg, "mnist-5k", 0, "gd", progress=False).values
+    assert r["steps"] == chosen and r["fid_task1_before"] == t1["curve"][-1]["fid"]
+    after, second = np.array(r["fid_task1_after"]), np.array(r["fid_task2"])
+    assert r["forgetting"] == pytest.approx(float(np.mean(after - np.array(r["fid_task1_before"]))))
+    assert r["a_fid"] == pytest.approx(float(np.mean((after + second) / 2)))
+    rows = lt.table(lt.stored(cfg, "mnist-5k", runs=(("gd", None),)))
+    assert [x["method"] for x in rows] == ["gd"]
+
+
+def test_summary_by_hand():
+    t1 = {"steps": 10, "learned": True, "curve": [{"step": 10, "fid": [10.0, 12.0, 14.0], "kid": [0.1] * 3}]}
+    rows2 = {"fid": [[13.0, 20.0], [15.0, 22.0], [17.0, 24.0]], "kid": [[0.1, 0.2]] * 3}
+    s = lt.summary(t1, rows2, "gd", None, 1.0)
+    assert s["forgetting"] == pytest.approx(3.0) and s["forgetting_se"] == pytest.approx(0.0)
+    assert s["task2_fid"] == pytest.approx(22.0) and s["task2_fid_se"] == pytest.approx(2 / np.sqrt(3))
+    assert s["a_fid"] == pytest.approx((15 + 22) / 2)

@@ -101,6 +101,10 @@ def cmd_campaign(args):
 def cmd_claims(args):
     from . import claims
     rows = claims.ledger(args.profile)
+    if args.readme:
+        changed = claims.write_readme(rows, args.readme)
+        print(f"{args.readme}: claims table {'rewritten' if changed else 'already current'}")
+        return
     if not args.json:
         for r in rows:
             print(f"{r['id']:<4} {r['verdict']:<13} {r['where']:<10} {r['ours'] or r.get('why_pending', '')}")
@@ -160,6 +164,7 @@ def parser():
     k = sub.add_parser("claims", help="the paper's claims with verdicts from stored results")
     k.add_argument("--profile", default="cpu")
     k.add_argument("--json", action="store_true")
+    k.add_argument("--readme", metavar="PATH", help="write the claims table into this README's claims block")
     c = sub.add_parser("campaign", help="build a profile's committed tier, resumably, within a time budget")
     c.add_argument("--profile", default="cpu")
     when = c.add_mutually_exclusive_group()

@@ -659,6 +659,34 @@ def scale_table(rows) -> list:
     return out
 
 
+README_START, README_END = "<!-- claims table: start -->", "<!-- claims table: end -->"
+
+
+def readme_table(rows) -> str:
+    """The ledger as a Markdown table for the README (claim, where, verdict on its headline run, premise)."""
+    lines = ["| claim | paper | verdict | judged on | other models and budgets |", "|---|---|---|---|---|"]
+    for r in rows:
+        data = sorted({str(s.get("dataset", "")) for s in r["settings"]} - {""})
+        on = r.get("headline") or ", ".join(data)
+        others = "; ".join(f"{sc['column']}: {verdict_text(sc)}" for sc in r.get("scales", [])[1:])
+        lines.append(f"| {r['id']} | {r['where']} | {verdict_text(r)} | {on or '—'} | {others or '—'} |")
+    return "\n".join(lines)
+
+
+def write_readme(rows, path) -> bool:
+    """Replace the README's claims block (between README_START and README_END) with readme_table(rows);
+    True when the file changed."""
+    from pathlib import Path
+    text = Path(path).read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path}: no '{README_START}' ... '{README_END}' block to write the claims table into")
+    head, rest = text.split(README_START, 1)
+    new = f"{head}{README_START}\n{readme_table(rows)}\n{README_END}{rest.split(README_END, 1)[1]}"
+    if new != text:
+        Path(path).write_text(new)
+    return new != text
+
+
 def verdict_text(row) -> str:
     """The verdict as the book prints it, with '(premise not met)' where the run is not where the paper's
     premise holds."""

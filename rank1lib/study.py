@@ -239,3 +239,40 @@ def describe(recs, pick) -> str:
             f"after {pick['step']} steps = {pick['epochs']:.0f} epochs, {pick['train_seconds'] / 60:.0f} min of "
             f"training, A-FID {pick['a_fid']:.1f} (floor {recs[pick['model']].values['fid_floor']:.1f}).")
 
+
+
+def lambda_points(swept, gd=None, extra=None) -> dict:
+    """{method: {lambda: values}} over every stored lambda of both penalties, with GD alone as lambda = 0 of
+    each (`extra`: further {(method, lam): record}, e.g. the Table-1 runs at the profile's lambda)."""
+    out = {m: {lam: r.values for lam, r in pts.items()} for m, pts in swept.items()}
+    for (m, lam), r in (extra or {}).items():
+        out.setdefault(m, {})[lam] = r.values
+    if gd is not None:
+        for m in out:
+            out[m][0.0] = gd.values
+    return out
+
+
+def plot_lambda_from_zero(axes, points, title=""):
+    """A-FID and forgetting against lambda on a log axis that shows lambda = 0 (GD alone) apart, at a tenth
+    of the smallest positive lambda; the top axis gives the paper's convention (lambda / (D/2))."""
+    from .runs import COLORS, NAMES
+    pos = sorted({lam for pts in points.values() for lam in pts if lam > 0})
+    if not pos:
+        return
+    zero = pos[0] / 10
+    for m, pts in points.items():
+        lams = sorted(pts)
+        xs = [lam if lam > 0 else zero for lam in lams]
+        for ax, key in zip(axes, ("a_fid", "forgetting")):
+            ax.plot(xs, [pts[lam][key] for lam in lams], marker="o", color=COLORS.get(m), label=NAMES.get(m, m))
+    for ax, lab in zip(axes, ("A-FID", "forgetting")):
+        ax.set(xscale="log", xlabel="lambda (ours: per-pixel-mean loss)", ylabel=lab, title=title)
+        ax.set_xticks([zero] + pos, ["0\n(GD)"] + [f"{lam:g}" for lam in pos], fontsize=8)
+        ax.minorticks_off()
+        ax.axvspan(zero / 1.6, zero * 1.6, color="0.93", zorder=0)
+        top = ax.secondary_xaxis("top", functions=(lambda x: x / D_HALF, lambda x: x * D_HALF))
+        top.set_xticks([lam / D_HALF for lam in pos], [f"{lam / D_HALF:.3g}" for lam in pos], fontsize=7)
+        top.minorticks_off()
+        top.set_xlabel("the paper's lambda (summed loss)", fontsize=8)
+    axes[0].legend(fontsize=8)

@@ -71,3 +71,15 @@ def test_sweep_edge_says_when_the_choice_is_an_end_of_the_range():
     assert "made A-FID worse" not in study.sweep_edge({"rank1-gd": pts}, lo, gd=Rec(values={"a_fid": 25.0}))
     assert "largest" in study.sweep_edge({"rank1-gd": pts}, study.LAMBDAS[2])
     assert study.sweep_edge({"rank1-gd": pts}, mid) == ""  # bracketed: nothing to say
+
+
+def test_lambda_points_put_gd_alone_at_lambda_zero_of_every_penalty():
+    from rank1lib import study
+
+    class R:
+        def __init__(self, a):
+            self.values = {"a_fid": a, "forgetting": -a}
+    swept = {"rank1-gd": {15000.0: R(2.0)}, "diag-gd": {15000.0: R(3.0)}}
+    pts = study.lambda_points(swept, R(1.0), {("rank1-gd", 150.0): R(4.0)})
+    assert {m: sorted(p) for m, p in pts.items()} == {"rank1-gd": [0.0, 150.0, 15000.0], "diag-gd": [0.0, 15000.0]}
+    assert pts["rank1-gd"][0.0]["a_fid"] == 1.0 and pts["rank1-gd"][150.0]["forgetting"] == -4.0

@@ -30,15 +30,25 @@ ARTEFACTS = [
     Artefact("App. C", "VAE vs DDPM top-eigenvalue share", "04_model_size_and_vae", "vae"),
     Artefact("beyond the paper", "spectrum on Fashion-MNIST", "03_fisher_spectrum", "fmnist"),
     Artefact("beyond the paper", "Fisher along training, re-initialised controls", "03_fisher_spectrum", "trajectory"),
+    Artefact("Fig. 1-3 at the paper's budget", "base UNet on full MNIST, 200 epochs (93,800 steps)",
+             "03_fisher_spectrum", "paper-budget"),
+    Artefact("App. D without attention", "the base UNet with ResNet blocks only, mnist-5k and full MNIST",
+             "03_fisher_spectrum", "base-resnet"),
     Artefact("Table 1, Fig. 4", "continual learning, all methods", "05_continual_learning", "table1"),
+    Artefact("beyond Table 1", "a learned task 1, then task 2 under each method", "05_continual_learning",
+             "learned-task1"),
     Artefact("Fig. 5, Tables 5, 6", "samples, rank-k and lambda = 0 ablations", "06_samples_and_ablations", "ablations"),
 ]
 
 
 def _needs(key, cfg):
     """The calls that load the results behind one artefact (each raises ResultPending when absent)."""
-    from . import analysis, continual, runs, trajectory
+    from . import analysis, continual, learned_task1, runs, trajectory
+    from .profiles import Config
     spec = lambda c, **kw: (lambda: analysis.spectrum(c, progress=False, **kw))  # noqa: E731
+    full = Config(cfg, dataset="mnist")
+    two = lambda m, lam: (lambda: learned_task1.learned_task1(  # noqa: E731
+        Config(cfg, lam=lam) if lam is not None else cfg, cfg.dataset, 0, m, progress=False))
     run = lambda m, s: (lambda: runs.continual_run(cfg, cfg.dataset, s, m, progress=False))  # noqa: E731
     return {
         "tweedie": lambda: [lambda: analysis.tweedie_mse(cfg, progress=False)],
@@ -49,7 +59,11 @@ def _needs(key, cfg):
         "trajectory": lambda: [lambda: trajectory.trajectory(cfg, progress=False),
                                lambda: trajectory.init_spread(cfg, progress=False)],
         "table1": lambda: [run(m, s) for m in continual.TABLE1 for s in cfg.seeds],
-        "ablations": lambda: [run(m, s) for m in ("rankk-gd", "finetune") for s in cfg.seeds],
+        "ablations": lambda: [run(m, 0) for m in ("rankk-gd", "finetune")],  # seed 0, as the tier runs them
+        "paper-budget": lambda: [spec(full), lambda: analysis.tweedie_mse(full, progress=False),
+                                 lambda: trajectory.trajectory(full, progress=False)],
+        "base-resnet": lambda: [spec(cfg, arch="base-resnet"), spec(full, arch="base-resnet")],
+        "learned-task1": lambda: [two(None, None)] + [two(m, lam) for m, lam in learned_task1.RUNS],
     }[key]()
 
 

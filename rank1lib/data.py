@@ -130,15 +130,23 @@ def _idx_dir(d):
     return found
 
 
-def load_fmnist(root=None, download=False):
-    """Fashion-MNIST: <root>/fmnist, then the Debian package, then torchvision's download."""
-    tried = []
-    for d in (data_root(root) / "fmnist", data_root(root) / "FashionMNIST" / "raw", DEBIAN_FMNIST):
-        tried.append(str(d))
+def _first_idx_set(name, dirs):
+    """The 28x28 dataset `name` from the first folder holding its four IDX files (padded to 32), else None."""
+    for d in dirs:
         files = _idx_dir(d)
         if files:
             tx, ty, vx, vy = (read_idx(f) for f in files)
-            return _as_set("fmnist", pad_to_32(tx), ty, pad_to_32(vx), vy, f"IDX files in {d}")
+            return _as_set(name, pad_to_32(tx), ty, pad_to_32(vx), vy, f"IDX files in {d}")
+    return None
+
+
+def load_fmnist(root=None, download=False):
+    """Fashion-MNIST: <root>/fmnist, then the Debian package, then torchvision's download."""
+    dirs = (data_root(root) / "fmnist", data_root(root) / "FashionMNIST" / "raw", DEBIAN_FMNIST)
+    found = _first_idx_set("fmnist", dirs)
+    if found:
+        return found
+    tried = [str(d) for d in dirs]
     if download:
         import torchvision
         ds = torchvision.datasets.FashionMNIST(str(data_root(root)), train=True, download=True)
@@ -152,13 +160,11 @@ def load_fmnist(root=None, download=False):
 def load_mnist(root=None, download=False):
     """Full MNIST (60,000 / 10,000): IDX files in <root>/mnist (written by mnist_wheel.fetch), then torchvision's
     layout <root>/MNIST/raw, then torchvision's download where allowed."""
-    tried = []
-    for d in (data_root(root) / "mnist", data_root(root) / "MNIST" / "raw"):
-        tried.append(str(d))
-        files = _idx_dir(d)
-        if files:
-            tx, ty, vx, vy = (read_idx(f) for f in files)
-            return _as_set("mnist", pad_to_32(tx), ty, pad_to_32(vx), vy, f"IDX files in {d}")
+    dirs = (data_root(root) / "mnist", data_root(root) / "MNIST" / "raw")
+    found = _first_idx_set("mnist", dirs)
+    if found:
+        return found
+    tried = [str(d) for d in dirs]
     if download:
         from . import mnist_wheel
         try:

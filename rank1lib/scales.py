@@ -50,7 +50,8 @@ BY_KEY = {s.key: s for s in SCALES}
 SIZES = ("small1", "small3", "base", "cl")  # claim C7: the networks in order of size
 
 
-def _get(fn, *args, **kw):
+def stored_only(fn, *args, **kw):
+    """An experiment's stored result (never computed here), or None when it is not in the store."""
     try:
         with store.probing():
             return fn(*args, progress=False, **kw)
@@ -64,7 +65,7 @@ def spectra(scale, seeds=None) -> dict:
     cfg = scale.cfg()
     out = {}
     for s in seeds if seeds is not None else scale.seeds:
-        rec = _get(spectrum, cfg, arch=scale.arch, seed=s)
+        rec = stored_only(spectrum, cfg, arch=scale.arch, seed=s)
         if rec is not None:
             out[s] = rec
     return out

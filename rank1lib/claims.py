@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import store
-from .data import DataMissing
 from .profiles import load_profile
 from .scales import stored_only
 

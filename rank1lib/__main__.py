@@ -93,6 +93,16 @@ def cmd_campaign(args):
     from .campaign import campaign
     store.allow_cli_only(True)
     hours = args.minutes / 60 if args.minutes is not None else args.hours
+    if args.prune:
+        from .campaign import prune
+        from .profiles import load_profile
+        rows = prune(load_profile(args.profile), dry_run=args.dry_run)
+        for path, kind, size in rows:
+            print(f"{'would remove' if args.dry_run else 'removed'} {kind:<27} {size / 2**20:7.1f} MiB  "
+                  f"{path.relative_to(store.REPO) if path.is_relative_to(store.REPO) else path}")
+        print(f"{len(rows)} pieces, {sum(r[2] for r in rows) / 2**20:.1f} MiB"
+              + (" (dry run: nothing removed)" if args.dry_run else ""))
+        return 0
     return campaign(args.profile, hours=hours, jobs=args.jobs, threads=args.worker_threads,
                     dry_run=args.dry_run, only=args.only, skip=args.skip, devices=args.devices,
                     log_dir=args.log_dir)
@@ -174,6 +184,8 @@ def parser():
     c.add_argument("--jobs", type=int, default=2, help="items run at once (2 x 1 thread measured fastest on 2 cores)")
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per item process")
     c.add_argument("--dry-run", action="store_true", help="only list the items with status and estimates")
+    c.add_argument("--prune", action="store_true", help="remove finished items' training state that no result "
+                   "needs (snapshots, Adam, task statistics; final weights stay); with --dry-run only list it")
     c.add_argument("--only", nargs="+", action="extend", metavar="ITEM", help="run only these items (names or shell globs, "
                    "e.g. 'cl-fmnist-s0-*')")
     c.add_argument("--skip", nargs="+", action="extend", metavar="ITEM", help="leave out these items (names or globs; e.g. "

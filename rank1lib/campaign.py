@@ -455,6 +455,64 @@ def run_item(cfg, item, threads, deadline, log_dir, device=None):
     return result, entry
 
 
+def finished_state(cfg, items, statuses) -> list:
+    """(path, kind) of the committed training state that finished items no longer need.
+
+    A done analysis item keeps its final weights and loss curve (last/, without Adam) and loses its
+    snapshots (their spectra are stored as trajectory results). A continual run folder whose items
+    are all done keeps task 1's weights (a new method starts from them) and its JSON records, and
+    loses the replay pools, samples and task statistics (recomputed on demand). Partial and pending
+    items keep everything."""
+    from .analysis import analysis_dir
+    from .continual import run_root
+    out, roots = [], {}
+    for it, st in zip(items, statuses):
+        if it.arch:
+            icfg = item_cfg(cfg, it)
+            _, d = analysis_dir(icfg, icfg.dataset, it.seed, it.arch)
+            if st["state"] == "done":
+                out += [(d / "snapshots", "snapshots")] if (d / "snapshots").exists() else []
+                out += [(d, "optimiser")] if _has_optimiser(d) else []
+        elif it.cmds[0].experiment == "continual":
+            icfg = item_cfg(cfg, it)
+            from .runs import dataset_cfg
+            r = run_root(dataset_cfg(icfg, it.dataset), it.dataset, it.seed)
+            roots.setdefault(r, []).append(st["state"] == "done")
+    for r, done in roots.items():
+        if all(done) and r.exists():
+            out += [(f, "task statistics and replay") for f in sorted(r.rglob("*.pt"))
+                    if f.name.startswith(("stats-", "pool-", "samples-"))]
+    return out
+
+
+def _has_optimiser(d) -> bool:
+    import torch
+    f = Path(d) / "last" / "trainer.pt"
+    return f.exists() and torch.load(f, map_location="cpu", weights_only=False).get("opt") is not None
+
+
+def prune(cfg, items=None, dry_run=False) -> list:
+    """Remove finished_state (or, dry_run, only list it); returns [(path, kind, bytes)]."""
+    import shutil
+    from .train import drop_optimiser
+    items = all_items(cfg) if items is None else items
+    rows = []
+    for path, kind in finished_state(cfg, items, [item_status(cfg, i) for i in items]):
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+        if kind == "optimiser":
+            size = (path / "last" / "trainer.pt").stat().st_size
+        if not dry_run:
+            if kind == "optimiser":
+                drop_optimiser(path)
+                size -= (path / "last" / "trainer.pt").stat().st_size
+            elif path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        rows.append((path, kind, size))
+    return rows
+
+
 def select_items(items, only=None, skip=None) -> list:
     """Items whose key matches a pattern of `only` (all if None) and none of `skip` (shell globs,
     e.g. 'cl-fmnist-s0-*', '*-gd*'); a pattern that matches no item is an error (a typo runs nothing)."""
@@ -481,6 +539,8 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
     print_status(cfg, items, statuses)
     todo = [i for i, s in zip(items, statuses) if s["state"] not in ("done", "blocked")]
     if dry_run or not todo:
+        if not dry_run:
+            prune(cfg)
         print("dry run: nothing started" if dry_run else "nothing to do: every item is done")
         return 0
     deadline = time.time() + hours * 3600
@@ -523,4 +583,7 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
         for sig, h in saved.items():
             signal.signal(sig, h)
     print_status(cfg, items, [item_status(cfg, i) for i in items])
+    freed = prune(cfg)  # finished items' state leaves the tree before it is committed
+    if freed:
+        print(f"pruned {len(freed)} pieces of finished items' state ({sum(r[2] for r in freed) / 2**20:.1f} MiB)")
     return 0

@@ -484,3 +484,49 @@ def test_analysis_amp_models_train_in_bf16_and_say_so_in_their_config():
     a, da = analysis_dir(cfg, "mnist-5k", 0, "base-resnet")
     b, db = analysis_dir(load_profile("cpu", analysis_amp_models=[]), "mnist-5k", 0, "base-resnet")
     assert a.amp == "on" and b.amp == "off" and da != db
+
+
+def test_prune_removes_only_what_finished_items_no_longer_need(tmp_store, monkeypatch):
+    from rank1lib import campaign
+    from rank1lib.analysis import analysis_dir
+    from rank1lib.continual import run_root
+    from rank1lib.runs import dataset_cfg
+    cfg = load_profile("ci")
+    done_a = campaign.analysis_item(cfg, "a-s0", "done analysis", "tiny")
+    part_a = campaign.analysis_item(cfg, "a-s1", "partial analysis", "tiny", seed=1)
+    cl = [campaign.Item(campaign.cl_item("mnist-5k", 0, m), m, [campaign.Cmd("continual", "mnist-5k", 0, method=m)],
+                        None, "mnist-5k", 0) for m in ("joint", "rank1")]
+    dirs = {}
+    for it in (done_a, part_a):
+        icfg = campaign.item_cfg(cfg, it)
+        d = analysis_dir(icfg, icfg.dataset, it.seed, it.arch)[1]
+        (d / "snapshots").mkdir(parents=True)
+        (d / "snapshots" / "step-000000.safetensors").write_bytes(b"0" * 100)
+        (d / "last").mkdir()
+        (d / "last" / "diffusion_pytorch_model.safetensors").write_bytes(b"w" * 100)
+        torch.save({"step": 4, "losses": [1.0], "opt": {"m": torch.zeros(10_000)}}, d / "last" / "trainer.pt")
+        dirs[it.key] = d
+    task1 = run_root(dataset_cfg(campaign.item_cfg(cfg, cl[0]), "mnist-5k"), "mnist-5k", 0) / "shared" / "task1"
+    (task1 / "ckpt" / "last").mkdir(parents=True)
+    for name in ("stats-rank1-n8.pt", "pool-1.pt", "samples-x.pt", "ckpt/last/diffusion_pytorch_model.safetensors",
+                 "train.json", "eval-x.json"):
+        (task1 / name).write_bytes(b"x" * 50)
+    state = {"a-s0": "done", "a-s1": "partial", cl[0].key: "done", cl[1].key: "partial"}
+    monkeypatch.setattr(campaign, "item_status", lambda cfg, it: {"state": state[it.key]})
+    items = [done_a, part_a] + cl
+    campaign.prune(cfg, items)
+    assert not (dirs["a-s0"] / "snapshots").exists()
+    assert torch.load(dirs["a-s0"] / "last" / "trainer.pt", weights_only=False) == {"step": 4, "losses": [1.0],
+                                                                                     "opt": None}
+    assert (dirs["a-s0"] / "last" / "diffusion_pytorch_model.safetensors").read_bytes() == b"w" * 100
+    assert (dirs["a-s1"] / "snapshots" / "step-000000.safetensors").exists()  # partial: untouched
+    assert torch.load(dirs["a-s1"] / "last" / "trainer.pt", weights_only=False)["opt"] is not None
+    assert (task1 / "stats-rank1-n8.pt").exists()  # one method of the run folder still runs
+    state[cl[1].key] = "done"
+    rows = campaign.prune(cfg, items, dry_run=True)
+    assert sorted(p.name for p, kind, size in rows) == ["pool-1.pt", "samples-x.pt", "stats-rank1-n8.pt"]
+    assert (task1 / "pool-1.pt").exists()  # dry run
+    campaign.prune(cfg, items)
+    assert sorted(str(p.relative_to(task1)) for p in task1.rglob("*") if p.is_file()) == [
+        "ckpt/last/diffusion_pytorch_model.safetensors", "eval-x.json", "train.json"]
+    assert campaign.prune(cfg, items) == []  # nothing left to prune

@@ -94,9 +94,9 @@ def cmd_campaign(args):
     store.allow_cli_only(True)
     hours = args.minutes / 60 if args.minutes is not None else args.hours
     if args.prune:
-        from .campaign import prune
+        from .campaign import prune_finished
         from .profiles import load_profile
-        rows = prune(load_profile(args.profile), dry_run=args.dry_run)
+        rows = prune_finished(load_profile(args.profile), dry_run=args.dry_run)
         for path, kind, size in rows:
             print(f"{'would remove' if args.dry_run else 'removed'} {kind:<27} {size / 2**20:7.1f} MiB  "
                   f"{path.relative_to(store.REPO) if path.is_relative_to(store.REPO) else path}")

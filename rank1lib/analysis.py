@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import data, diffusion, distributed, fisher, store, vae
+from .curvature import cosine_matrix
 from .models import build_unet, n_params
 from .profiles import Config, set_args
 from .registry import experiment
@@ -168,7 +169,7 @@ def spectrum_compute(net, x, y, n_samples, timesteps, seed, progress=True, k=5):
     keys = ("r", "share", "fro", "trace", "err_diag", "err_rank1", "err_best_rank1", "c_star", "mu_norm")
     values = {key: [float(r[key]) for r in rows] for key in keys}
     values["lam"] = [[float(v) for v in r["lam"]] for r in rows]
-    values["mu_cos"] = fisher.cosine_matrix(mus).tolist()
+    values["mu_cos"] = cosine_matrix(mus).tolist()
     values["t"] = list(timesteps)
     values["n_samples"] = n_samples
     i = int(np.argmin(values["r"]))

@@ -10,7 +10,7 @@ from . import store
 from .profiles import set_args
 
 BENCHES = {}
-MODULES = ["rank1lib.bench_fisher", "rank1lib.bench_train"]
+MODULES = ["rank1lib.bench_fisher", "rank1lib.bench_train", "rank1lib.bench_peers"]
 
 
 def benchmark(name):
@@ -121,7 +121,8 @@ def measured(name, cfg):
 
 # Profile keys no benchmark reads (added after benchmarks were stored): left out of a benchmark's
 # config so that adding them does not orphan stored benchmark results.
-NOT_READ = ("study_steps", "cl_amp", "cl_compile", "analysis_amp_models", "task1_max_steps")
+NOT_READ = ("study_steps", "cl_amp", "cl_compile", "analysis_amp_models", "task1_max_steps",
+            "cl_datasets")
 
 
 def stored_or_run(name, cfg, force=False, replace=False):

@@ -13,7 +13,7 @@ import torch
 from . import fisher
 from .analysis import analysis_data
 from .bench import benchmark, timed
-from .consolidate import CHECK
+from .curvature.engines import AUTO_METHOD, CHECK, default_block_bytes
 from .models import build_unet, n_params
 from .store import REPO, device_name
 from .train import pick_device
@@ -76,7 +76,7 @@ def batched_vs_loop(cfg, net):
 
 def per_sample_methods(cfg, net, n=256, chunk=64):
     """Seconds for the per-sample gradients of n joint samples by layer hooks and by vmap (the measurement
-    behind fisher.AUTO_METHOD), and their largest difference relative to max |g|."""
+    behind curvature.engines.AUTO_METHOD), and their largest difference relative to max |g|."""
     _, _, (x0, y, t, eps) = _samples(cfg, n, seed=13)
     out = {}
     for m in ("hooks", "vmap"):
@@ -94,7 +94,7 @@ def cl_gram_peak(n, block_bytes=None):
     dev = pick_device()
     torch.manual_seed(0)
     net = build_unet("cl", 10).to(dev)
-    block_bytes = block_bytes or fisher.default_block_bytes(dev)
+    block_bytes = block_bytes or default_block_bytes(dev)
     x0 = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     if dev.type == "cuda":
@@ -159,7 +159,7 @@ def bench_fisher(cfg):
         {"measure": "per-sample gradients by vmap (s)", "value": ps["t_vmap"], "goal": "",
          "setting": f"same samples; {_spread(ps['r_vmap'])}; hooks vs vmap max |diff| / max |g| = "
                     f"{ps['diff']:.1e}; the faster is "
-                    f"fisher.AUTO_METHOD (now {fisher.AUTO_METHOD.get(dev.type, 'vmap')} on {dev.type})"},
+                    f"curvature.engines.AUTO_METHOD (now {AUTO_METHOD.get(dev.type, 'vmap')} on {dev.type})"},
     ]
     if mem is not None:
         rows.append({"measure": "Gram path on cl UNet: peak memory (GiB)", "value": peak, "goal": "",

@@ -138,10 +138,10 @@ def fid_speed(cfg, device, on_cpu, g):
 def penalties(model, n_tasks=4, lam=15000.0):
     """Rank-1 (the public Rank1EWC, as the continual loop uses it) and diagonal penalties holding n_tasks
     random past tasks (the cost does not depend on the values)."""
-    from .continual import add_to_penalty, make_penalty
+    from .continual import add_to_penalty, method_penalty
     P = n_params(model)
     g = torch.Generator().manual_seed(0)
-    r1, dg = make_penalty("rank1", lam), make_penalty("diag", lam)
+    r1, dg = method_penalty("rank1", lam), method_penalty("diag", lam)
     for _ in range(n_tasks):
         add_to_penalty(r1, "rank1", model, {"mu": torch.randn(P, generator=g) * 1e-3, "c_star": 1.0})
         dg.add_task(model, torch.rand(P, generator=g) * 1e-3)

@@ -179,11 +179,6 @@ def study_items(cfg) -> list:
                  {"model": m}, steps=max(cfg.study_steps)) for m in CANDIDATES]
 
 
-def cl_item(dataset, seed, method, lam=None) -> str:
-    """Campaign item name of one continual-learning run (lam: a lambda-sweep point, else None)."""
-    return f"cl-{dataset}-s{seed}-{method}" + (f"-lam{lam:g}" if lam is not None else "")
-
-
 def table1_items(cfg) -> list:
     """Table 1 at this tier (issue 10), in its priority order: mnist-5k seed 0 with all eight methods,
     Rank-1 + GD at the other study.LAMBDAS (the sweep that chooses lambda), fmnist seed 0, mnist-5k
@@ -193,6 +188,7 @@ def table1_items(cfg) -> list:
     were not measured."""
     from . import study
     from .continual import METHODS, TABLE1
+    from .runs import cl_item
     recs = study.stored(cfg, cfg.dataset)
     blocked = ""
     if len(recs) < len(study.CANDIDATES):
@@ -491,7 +487,7 @@ def _has_optimiser(d) -> bool:
     return f.exists() and torch.load(f, map_location="cpu", weights_only=False).get("opt") is not None
 
 
-def prune(cfg, items=None, dry_run=False) -> list:
+def prune_finished(cfg, items=None, dry_run=False) -> list:
     """Remove finished_state (or, dry_run, only list it); returns [(path, kind, bytes)]."""
     import shutil
     from .train import drop_optimiser
@@ -540,7 +536,7 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
     todo = [i for i, s in zip(items, statuses) if s["state"] not in ("done", "blocked")]
     if dry_run or not todo:
         if not dry_run:
-            prune(cfg)
+            prune_finished(cfg)
         print("dry run: nothing started" if dry_run else "nothing to do: every item is done")
         return 0
     deadline = time.time() + hours * 3600
@@ -583,7 +579,7 @@ def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, lo
         for sig, h in saved.items():
             signal.signal(sig, h)
     print_status(cfg, items, [item_status(cfg, i) for i in items])
-    freed = prune(cfg)  # finished items' state leaves the tree before it is committed
+    freed = prune_finished(cfg)  # finished items' state leaves the tree before it is committed
     if freed:
         print(f"pruned {len(freed)} pieces of finished items' state ({sum(r[2] for r in freed) / 2**20:.1f} MiB)")
     return 0

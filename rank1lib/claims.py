@@ -403,8 +403,13 @@ def scale_rows(cid) -> list:
 SCALED = ("C2", "C3", "C4", "C5", "C6", "C7", "C13")  # Fisher claims: judged per model and budget
 
 
-CL_DATASETS = ("mnist-5k", "fmnist")
 CONTINUAL = ("diag", "rank1", "gd", "diag-gd", "rank1-gd")
+
+
+def _cl_datasets(cfg) -> list:
+    """The continual-learning datasets of the profile (its cl_datasets, else its dataset)."""
+    from .runs import tier_datasets
+    return tier_datasets(cfg)
 
 
 def _cl(cfg, dataset, methods):
@@ -429,13 +434,14 @@ def _gate(cfg, dataset):
     return None if j < f else f"on {dataset} the joint model (A-FID {j:.1f}) does not beat fine-tuning ({f:.1f})"
 
 
-def _per_dataset(cfg, methods, one, datasets=CL_DATASETS):
-    """Apply one(dataset, recs) -> (text, checks) to mnist-5k (required) and fmnist (when stored)."""
+def _per_dataset(cfg, methods, one, datasets=None):
+    """Apply one(dataset, recs) -> (text, checks) to the first continual-learning dataset (required) and the
+    others (when stored)."""
     texts, checks, used, gates = [], [], [], []
-    for ds in datasets:
+    for ds in datasets or _cl_datasets(cfg):
         recs = _cl(cfg, ds, methods)
         if recs is None:
-            if ds == CL_DATASETS[0]:
+            if ds == _cl_datasets(cfg)[0]:
                 return None
             continue
         n = len(next(iter(recs.values())))
@@ -488,7 +494,7 @@ def _c11(cfg):
                 f"{a['rank1-gd']:.1f}, {f['rank1-gd']:.1f}",
                 [("rank-k A-FID >= 0.95 x rank-1", a["rankk-gd"] >= 0.95 * a["rank1-gd"]),
                  ("rank-k F >= rank-1 F - 5% of its A-FID", f["rankk-gd"] >= f["rank1-gd"] - 0.05 * a["rank1-gd"])])
-    return _per_dataset(cfg, ("rank1-gd", "rankk-gd"), one, CL_DATASETS[:1])
+    return _per_dataset(cfg, ("rank1-gd", "rankk-gd"), one, _cl_datasets(cfg)[:1])
 
 
 def _c12(cfg):
@@ -497,12 +503,12 @@ def _c12(cfg):
         return (f"fine-tune A-FID {a:.1f}, F {f['finetune']:.1f} (GD {f['gd']:.1f}, Rank-1 + GD {f['rank1-gd']:.1f})",
                 [("F >= 50% of A-FID", f["finetune"] >= 0.5 * a),
                  ("forgets more than GD and Rank-1 + GD", f["finetune"] > max(f["gd"], f["rank1-gd"]))])
-    return _per_dataset(cfg, ("finetune", "gd", "rank1-gd"), one, CL_DATASETS[:1])
+    return _per_dataset(cfg, ("finetune", "gd", "rank1-gd"), one, _cl_datasets(cfg)[:1])
 
 
 def _c8b(cfg):
     from . import learned_task1 as lt
-    recs = lt.stored(cfg, CL_DATASETS[0], runs=(("gd", None), ("rank1-gd", None)))
+    recs = lt.stored(cfg, _cl_datasets(cfg)[0], runs=(("gd", None), ("rank1-gd", None)))
     if len(recs) < 3:
         return None
     g, r = recs[("gd", None)].values, recs[("rank1-gd", None)].values
@@ -520,11 +526,11 @@ CL_PREMISED = ("C8", "C9", "C10", "C11", "C12")
 LEARNED_TASK1 = 1.5  # "task 1 learned": its FID after task 1 within 1.5x of the joint model's A-FID
 
 
-def cl_premise(cfg, datasets=CL_DATASETS) -> dict | None:
+def cl_premise(cfg, datasets=None) -> dict | None:
     """The continual-learning claims' premise on each stored dataset: task 1 is learned before task 2
     starts (its FID after task 1, shared by every method of a seed, within 1.5x of the joint A-FID)."""
     parts, holds = [], []
-    for ds in datasets:
+    for ds in datasets or _cl_datasets(cfg):
         recs = _cl(cfg, ds, ("joint", "finetune"))
         if recs is None:
             continue
@@ -571,7 +577,7 @@ def ledger(profile) -> list:
                 row["why_not_evidence"] = gate
             row["settings"] = [_settings(r, result=f"{r['experiment']}/{r['name']}") for r in recs]
         if c.id in CL_PREMISED and row["ours"] is not None:
-            row["premise"] = cl_premise(cfg, CL_DATASETS[:1] if c.id in ("C11", "C12") else CL_DATASETS)
+            row["premise"] = cl_premise(cfg, _cl_datasets(cfg)[:1] if c.id in ("C11", "C12") else None)
         if c.id == "C8b" and row["ours"] is not None:
             from .learned_task1 import premise
             row["premise"] = premise(next(r for r in recs if r.values.get("method") is None))

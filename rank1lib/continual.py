@@ -24,7 +24,8 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from . import consolidate, data, distributed, ewc, fid, fisher, replay, store
+from . import data, distributed, fid, fisher, replay, store
+from .curvature import Rank1EWC, TaskStats, make_penalty
 from .diffusion import ddim_sample
 from .models import build_unet, n_params
 from .profiles import Config
@@ -219,27 +220,28 @@ def samples(model, dataset, cfg, per_class=2):
     return x.reshape(-1, per_class, *x.shape[1:])
 
 
-def task_statistics(kind, model, x, y, cfg, seed):
+def kind_statistics(kind, model, x, y, cfg, seed):
     """Statistics of the just-finished task from its real training data (sec. 3.3, app. E.4.1), all three
-    kinds through the public API of rank1lib.consolidate."""
+    kinds through the public API of rank1lib.curvature."""
     if kind == "rank1":
         mu, c_star = fisher.mu_c_star(model, x, y, cfg.mu_samples, seed)
         return {"mu": mu, "c_star": c_star}
     if kind == "diag":
         return {"F": fisher.diag_fisher_api(model, x, y, cfg.mu_samples, seed)}
-    V, s = ewc.rank_k_fisher(model, x, y, cfg.rank_k, cfg.power_iters, cfg.mu_samples, seed)
+    V, s = fisher.rank_k_pairs(model, x, y, cfg.rank_k, cfg.power_iters, cfg.mu_samples, seed)
     return {"V": V, "s": s}
 
 
-def make_penalty(kind, lam):
-    """Rank-1 EWC through the public API (consolidate.Rank1EWC); diag and rank-k from ewc."""
-    return consolidate.Rank1EWC(lam) if kind == "rank1" else ewc.make_penalty(kind, lam)
+def method_penalty(kind, lam):
+    """The penalty of a method's statistics kind: Rank1EWC (the public API) for rank-1, else
+    curvature.make_penalty (diagonal, rank-k)."""
+    return Rank1EWC(lam) if kind == "rank1" else make_penalty(kind, lam)
 
 
 def add_to_penalty(pen, kind, model, st):
     if kind == "rank1":  # theta*_k = the weights the task ended with
         params = [p for p in model.parameters() if p.requires_grad]
-        pen.add_task(model, consolidate.TaskStats(
+        pen.add_task(model, TaskStats(
             mu=torch.as_tensor(st["mu"]), c_star=float(st["c_star"]),
             theta_star=torch.cat([p.detach().reshape(-1).float().cpu() for p in params]),
             names=fisher.param_names(model), shapes=[list(p.shape) for p in params], n_samples=0))
@@ -330,7 +332,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
             shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
         return summarise(cfg, dataset, method, seed, (M, K, floors(ev, root, T)), info, shots, net, n_fid)
     kind, gd = RECIPES[method]
-    pen = make_penalty(kind, cfg.lam) if kind else None
+    pen = method_penalty(kind, cfg.lam) if kind else None
     distill = None
     for k in tqdm(range(T), desc=f"{method} on {dataset} (seed {seed})", disable=not progress, leave=False):
         d = dirs[k]
@@ -350,7 +352,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
                 break
             if kind:
                 st = cached(d / f"stats-{stat_name(cfg, kind)}.pt",
-                            lambda: task_statistics(kind, net, x, y, cfg, seed * 1_000 + k))
+                            lambda: kind_statistics(kind, net, x, y, cfg, seed * 1_000 + k))
                 add_to_penalty(pen, kind, net, st)
             if gd:
                 classes = [c for t in tasks[:k + 1] for c in t]

@@ -1,4 +1,5 @@
-"""Per-sample gradients, mean gradient mu, c*, diagonal Fisher (paper sec. 3.1-3.3).
+"""The book's diffusion loss as a per-sample loss for rank1lib.curvature: per-sample gradients, mu, c*,
+the diagonal and rank-k Fisher and the Gram spectrum at a timestep t (paper sec. 3.1-3.3).
 
 g_i = grad_theta l(theta; x_t, t) with l = diffusion.per_sample_loss (per-pixel MEAN of
 (eps - eps_theta)^2; the paper's 1/2 ||eps - eps_theta||^2 times 2/D). All statistics below are
@@ -12,11 +13,14 @@ from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from . import diffusion
+from .curvature.engines import _adds_up, _selected, default_block_bytes, full_precision, per_sample_gradients, resolve_method
+from .curvature.spectrum import spectrum_from_gram
+from .curvature.statistics import diagonal_fisher, rank_k_fisher, task_statistics
 
 T = diffusion.T
 
 
-def flat_params(model) -> torch.Tensor:
+def flat_theta(model) -> torch.Tensor:
     """theta as one detached 1-D float32 copy, in model.parameters() order."""
     return torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]).clone()
 
@@ -28,18 +32,6 @@ def param_names(model):
 
 def _attention_modules(model):
     return [m for m in model.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
-
-
-@contextlib.contextmanager
-def full_precision():
-    """TF32 off for matmuls and cuDNN convolutions (PyTorch enables it for cuDNN by default): Fisher
-    statistics on a GPU keep the float32 accuracy the CPU tests assert. Restored on exit."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @contextlib.contextmanager
@@ -77,30 +69,13 @@ def _loss_fn(model, names, ab):
     return loss
 
 
-# The faster exact per-sample gradient path per device type, from a measurement (resolve_method).
-# cpu: quiet 2-core CPU, base UNet, N = 1024, chunks of 64 (2026-11-27): hooks 10.5 s (grouped conv
-# backward, attention on SDPA) vs vmap 13.9 s; before those two changes hooks lost (3.27 s vs 2.74 s at N = 256).
-AUTO_METHOD = {"cpu": "hooks", "cuda": "vmap"}
-
-
-def resolve_method(method, device):
-    """'auto' -> AUTO_METHOD of the device type (vmap where unmeasured). 'hooks': layer hooks
-    (rank1lib.directional.per_sample); 'vmap': torch.func vmap(grad); 'loop': one backward per sample,
-    the test reference. Measured on a quiet 2-core CPU (base UNet, N = 256, t = 500, whole Gram path):
-    vmap 5.2 s in chunks of 32, per-sample loop 11.9 s."""
-    if method not in ("auto", "vmap", "loop", "hooks"):
-        raise ValueError(f"per-sample gradient method {method!r}; valid: auto, hooks, vmap, loop")
-    return AUTO_METHOD.get(torch.device(device).type, "vmap") if method == "auto" else method
-
-
 def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=False, method="vmap"):
     """Yield (start, {name: (n, *shape)}) per chunk of samples: g_i = grad l(theta; x_t, t).
 
-    method 'hooks': layer hooks over the chunk (one forward, one backward; rank1lib.directional);
+    method 'hooks': layer hooks over the chunk (one forward, one backward; rank1lib.curvature.hooks);
     'vmap': torch.func vmap(grad) over the chunk; 'loop': one autograd.grad per sample (same numbers,
     slower; the test reference); 'auto': resolve_method.
     """
-    from .consolidate import _selected, per_sample_gradients
     device = next(model.parameters()).device
     method = resolve_method(method, device)
     names = list(names) if names is not None else param_names(model)
@@ -138,8 +113,7 @@ def iter_per_sample_grads(model, x0, y, t, eps, chunk=32, names=None, progress=F
 
 
 def _check_rows(model, loss, batch, names, G):
-    """Raise unless the hook gradients G pass consolidate's first-batch check (consolidate._adds_up)."""
-    from .consolidate import _adds_up, _selected
+    """Raise unless the hook gradients G pass the statistics' first-batch check (engines._adds_up)."""
     if not _adds_up(model, loss, batch, _selected(model, names)[1], G):
         raise RuntimeError("per-sample gradients by layer hooks do not add up to the summed backward: "
                            "use method='vmap'")
@@ -188,7 +162,6 @@ def book_batches(model, x0_uint8, y, n_samples, seed, chunk):
 
 def diag_fisher_api(model, x0_uint8, y, n_samples, seed, chunk=32):
     """Diagonal Fisher over the joint sampling through the public API (the continual loop's path)."""
-    from .consolidate import diagonal_fisher
     with grad_mode(model):
         loss = diffusion_loss(diffusion.alpha_bar(next(model.parameters()).device))
         return diagonal_fisher(model, loss, book_batches(model, x0_uint8, y, n_samples, seed, chunk))
@@ -197,11 +170,11 @@ def diag_fisher_api(model, x0_uint8, y, n_samples, seed, chunk=32):
 def mu_c_star(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
     """mu = E[g] and c* = E[(mu^T g)^2] / ||mu||^4 over the joint sampling of sec. 3.3.
 
-    The book's path through the public API (consolidate.task_statistics, method 'auto'): where the
+    The book's path through the public API (curvature.task_statistics, method 'auto'): where the
     per-sample gradients G (N x P float32) fit the memory budget (the base UNet at N = 1024: 0.6 GB),
-    one pass over the chunks gives G (layer hooks or vmap: AUTO_METHOD) and mu = G^T 1 / N,
+    one pass over the chunks gives G (layer hooks or vmap: curvature.engines.AUTO_METHOD) and mu = G^T 1 / N,
     (G mu)_i = mu^T g_i; otherwise per chunk one backward of the summed loss, then layer hooks for every
-    mu^T g_i (rank1lib.directional). Returns (mu flat float32 (P,) on CPU, c_star float).
+    mu^T g_i (rank1lib.curvature.hooks). Returns (mu flat float32 (P,) on CPU, c_star float).
     """
     st = task_stats(model, x0_uint8, y, n_samples, seed, chunk, progress)
     return st.mu, st.c_star
@@ -209,7 +182,6 @@ def mu_c_star(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
 
 def task_stats(model, x0_uint8, y, n_samples, seed, chunk=64, progress=False):
     """mu_c_star's TaskStats (with the route taken)."""
-    from .consolidate import task_statistics
     device = next(model.parameters()).device
     batches = book_batches(model, x0_uint8, y, n_samples, seed, chunk)
     with grad_mode(model):
@@ -260,14 +232,6 @@ def diag_fisher(model, x0_uint8, y, n_samples, seed, chunk=32, progress=False, m
 #   |cos(g_i, mu)|       = |(G mu)_i| / (sqrt(N K_ii) ||mu||)
 
 
-def default_block_bytes(device):
-    """Budget for one (N, P_group) gradient block: a quarter of the GPU's memory, 2 GiB on a CPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory // 4
-    return 2 << 30
-
-
 def param_groups(model, n_samples, block_bytes=None):
     """Split parameter names into consecutive groups whose (N, P_group) float32 block fits block_bytes."""
     block_bytes = block_bytes or default_block_bytes(next(model.parameters()).device)
@@ -309,30 +273,6 @@ def gram_accumulate(model, x0, y, t, eps, chunk=32, block_bytes=None, progress=F
     return {"K": K, "d2": d2, "Gmu": Gmu, "mu": torch.cat(mus)}
 
 
-def spectrum_from_gram(K, d2, Gmu, mu, k=5):
-    """Fisher statistics (Fig. 3 b-d, Fig. 2, app. C) from the Gram quantities; float64 eigh."""
-    K = K.double()
-    n = K.shape[0]
-    lam = torch.linalg.eigvalsh(K).flip(0).clamp_min(0)
-    fro2 = float(K.pow(2).sum())
-    mu2 = float(mu.double().pow(2).sum())
-    muFmu = float(Gmu.double().pow(2).sum()) / n
-    gnorm = (n * K.diagonal()).clamp_min(0).sqrt()
-    return {
-        "lam": lam[:k].numpy(),
-        "r": float(lam[1] / lam[0]) if n > 1 else 0.0,
-        "share": float(lam[0] / lam.sum()),
-        "fro": fro2 ** 0.5,
-        "trace": float(K.trace()),
-        "err_diag": max(fro2 - d2, 0.0) ** 0.5 / fro2 ** 0.5,
-        "err_rank1": max(fro2 - muFmu ** 2 / mu2 ** 2, 0.0) ** 0.5 / fro2 ** 0.5,
-        "err_best_rank1": float(lam[1:].pow(2).sum().sqrt()) / fro2 ** 0.5,
-        "c_star": muFmu / mu2 ** 2,
-        "mu_norm": mu2 ** 0.5,
-        "cos": (Gmu.double().abs() / (gnorm * mu2 ** 0.5).clamp_min(1e-300)).numpy(),
-    }
-
-
 def fisher_at_t(model, x0_uint8, y, n_samples, t, seed, k=5, chunk=32, block_bytes=None,
                 progress=False, method="auto"):
     """Empirical Fisher F_t of n_samples (x0 ~ data, fresh noise) at a fixed t: stats and mu_t."""
@@ -341,35 +281,13 @@ def fisher_at_t(model, x0_uint8, y, n_samples, t, seed, k=5, chunk=32, block_byt
     return spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"], k), acc["mu"].float()
 
 
-def dense_stats(G, k=5):
-    """Reference: the same statistics from the dense P x P Fisher F = G^T G / N (tests, tiny P)."""
-    G = G.double()
-    n = G.shape[0]
-    F = G.T @ G / n
-    mu = G.mean(0)
-    lam = torch.linalg.eigvalsh(F).flip(0).clamp_min(0)
-    c_star = float(mu @ F @ mu) / float(mu @ mu) ** 2
-    fro = float(torch.linalg.matrix_norm(F))
-    return {
-        "lam": lam[:k].numpy(), "r": float(lam[1] / lam[0]), "share": float(lam[0] / lam.sum()),
-        "fro": fro, "trace": float(F.trace()),
-        "err_diag": float(torch.linalg.matrix_norm(F - torch.diag(F.diagonal()))) / fro,
-        "err_rank1": float(torch.linalg.matrix_norm(F - c_star * torch.outer(mu, mu))) / fro,
-        "c_star": c_star, "mu_norm": float(mu.norm()),
-        "cos": (G @ mu).abs().div(G.norm(dim=1) * mu.norm()).numpy(),
-    }
+def rank_k_pairs(model, x0_uint8, y, k, iters, n_samples, seed, chunk=32):
+    """Top-k eigenpairs of the empirical Fisher E[g g^T] by stochastic power iteration (app. E.4.1), over
+    fresh joint samples (x0, t, eps) of n_samples per iteration: curvature.rank_k_fisher with the
+    book's diffusion loss. Returns V (P, k) float32 with orthonormal columns and s (k,) decreasing."""
 
-
-def gram_from_G(G):
-    """Gram quantities of an explicit G (tests): the inputs of spectrum_from_gram."""
-    G = G.double()
-    n = G.shape[0]
-    mu = G.mean(0)
-    return {"K": G @ G.T / n, "d2": float(G.pow(2).mean(0).pow(2).sum()), "Gmu": G @ mu, "mu": mu}
-
-
-def cosine_matrix(vectors):
-    """Pairwise cosines of the rows (e.g. mu_t across t, Fig. 3a), float64."""
-    V = torch.stack([v.double() for v in vectors])
-    V = V / V.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    return (V @ V.T).numpy()
+    def draw(it):  # iteration it: a fresh sample; the final Rayleigh-Ritz step: sample seed * 1000
+        return book_batches(model, x0_uint8, y, n_samples, seed * 1_000 + (it + 1 if it < iters else 0), chunk)
+    with grad_mode(model):
+        loss = diffusion_loss(diffusion.alpha_bar(next(model.parameters()).device))
+        return rank_k_fisher(model, loss, draw, k, iters, seed)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import continual, data, replay, store
-from .continual import Evaluator, add_to_penalty, cached, combine, eval_tag, make_penalty, stat_name, step_settings
+from .continual import Evaluator, add_to_penalty, cached, combine, eval_tag, method_penalty, stat_name, step_settings
 from .models import build_unet
 from .profiles import Config, set_args
 from .registry import experiment
@@ -92,10 +92,10 @@ def task2(cfg, dataset, seed, method, net1, d1, steps, device, progress=True):
     per = cfg.train_per_class or None
     x1, y1 = data.task_data(ds, 0, "train", per_class=per)
     x2, y2 = data.task_data(ds, 1, "train", per_class=per)
-    pen = make_penalty(kind, cfg.lam) if kind else None
+    pen = method_penalty(kind, cfg.lam) if kind else None
     if kind:
         st = cached(d1 / f"stats-{stat_name(cfg, kind)}.pt",
-                    lambda: continual.task_statistics(kind, net1, x1, y1, cfg, seed * 1_000))
+                    lambda: continual.kind_statistics(kind, net1, x1, y1, cfg, seed * 1_000))
         add_to_penalty(pen, kind, net1, st)
     distill = None
     if gd:

@@ -93,11 +93,12 @@ SCHEMA = {
     "cl_compile": (str, *_switch),
     "task1_max_steps": (int, *_int_at_least(1)),
     "analysis_amp_models": (list, lambda v: all(m in _models() for m in v), "a list of model names"),
+    "cl_datasets": (list, lambda v: all(isinstance(d, str) and d for d in v), "a list of dataset names"),
     "heavy": (bool, lambda v: True, "true or false"),
     "cli_only": (bool, lambda v: True, "true or false"),
     "state_in_store": (bool, lambda v: True, "true or false"),
 }
-STR_LISTS = ("analysis_amp_models",)  # list keys whose items are names (the other lists hold integers)
+STR_LISTS = ("analysis_amp_models", "cl_datasets")  # list keys whose items are names (the other lists hold integers)
 
 
 def check_value(key, value):

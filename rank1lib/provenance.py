@@ -3,12 +3,11 @@ item: wall time, threads, load, machine, commit) and each stored result's own pr
 commit, date, wall time). The book's "How these results were made" page is built from these."""
 import json
 from collections import defaultdict
-from pathlib import Path
 
 from . import store
 
 
-def ledger(profile) -> list:
+def campaign_rows(profile) -> list:
     """The campaign ledger of a profile (book/results/<profile>/campaign.json), oldest first; [] if none."""
     p = store.results_root() / profile / "campaign.json"
     return json.loads(p.read_text()) if p.exists() else []

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 
 from . import continual, store
-from .claims import CL_DATASETS
 from .continual import TABLE1
 from .profiles import set_args
 from .registry import experiment
@@ -60,8 +59,13 @@ def dataset_cfg(cfg, dataset):
 
 
 def tier_datasets(cfg):
-    """Datasets a profile's continual chapters show: both of the cpu tier's, else the profile's own."""
-    return list(CL_DATASETS) if cfg.name == "cpu" else [cfg.dataset]
+    """Datasets a profile's continual chapters show: its cl_datasets, else the profile's own dataset."""
+    return list(cfg.cl_datasets) or [cfg.dataset]
+
+
+def cl_item(dataset, seed, method, lam=None) -> str:
+    """Campaign item name of one continual-learning run (lam: a lambda-sweep point, else None)."""
+    return f"cl-{dataset}-s{seed}-{method}" + (f"-lam{lam:g}" if lam is not None else "")
 
 
 def tier_seeds(cfg, dataset):
@@ -278,7 +282,6 @@ def table3(recs_by_dataset, campaign_wall=None):
     """Table 3 analogue: per method (runs at the profile's lambda), optimiser hours, real training images
     per second, the campaign's wall hours (summed over sittings; `campaign_wall` {item: seconds},
     campaign.wall_by_item) and the device."""
-    from .campaign import cl_item
     rows = []
     for ds, recs in recs_by_dataset.items():
         for m, rs in recs.items():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import fisher
+from .curvature.spectrum import gram_from_G, spectrum_from_gram
 from .diffusion import to_model_range
 
 
@@ -76,5 +76,5 @@ def per_sample_grads(model, x_uint8, beta, seed=0, reduction="sum"):
 
 def fisher_stats(model, x_uint8, beta, seed=0, k=5, reduction="sum"):
     """Spectrum statistics of the VAE's empirical Fisher (share = lambda1 / sum lambda, app. C)."""
-    acc = fisher.gram_from_G(per_sample_grads(model, x_uint8, beta, seed, reduction))
-    return fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"], k)
+    acc = gram_from_G(per_sample_grads(model, x_uint8, beta, seed, reduction))
+    return spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"], k)

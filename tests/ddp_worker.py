@@ -52,7 +52,7 @@ def main():
                 extra_loss=extra)
     if distributed.is_main():
         torch.save({"world": distributed.world_size(), "mu": mu, "c_star": c_star, "diag": diag,
-                    "losses": out["losses"], "resumed_from": found and found[0], "theta": fisher.flat_params(net).detach()}, args.out)
+                    "losses": out["losses"], "resumed_from": found and found[0], "theta": fisher.flat_theta(net).detach()}, args.out)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def paper_like_table():
 
 def test_continual_claims_follow_their_rules(monkeypatch):
     from rank1lib import runs
-    cfg = Cfg(seeds=[0, 1, 2], rank_k=5, name="cpu")
+    cfg = Cfg(seeds=[0, 1, 2], rank_k=5, name="cpu", cl_datasets=["mnist-5k", "fmnist"])
     table = paper_like_table()
     monkeypatch.setattr(runs, "stored", cl_records(table))
     for ev in (claims._c8, claims._c9, claims._c10, claims._c11, claims._c12):
@@ -173,7 +173,7 @@ def test_continual_claims_follow_their_rules(monkeypatch):
 
 def test_continual_claims_gate_and_pending(monkeypatch):
     from rank1lib import runs
-    cfg = Cfg(seeds=[0, 1, 2], rank_k=5, name="cpu")
+    cfg = Cfg(seeds=[0, 1, 2], rank_k=5, name="cpu", cl_datasets=["mnist-5k", "fmnist"])
     table = paper_like_table()
     table["mnist-5k"]["joint"] = ([150.0] * 5, None)  # joint worse than fine-tune: the tier is noise
     monkeypatch.setattr(runs, "stored", cl_records(table))

@@ -278,7 +278,7 @@ def test_table3_hours_images_per_second_and_campaign_wall():
     assert gd["real img/s (ours)"] == f"{(1800 * 128 / 3600 + 1800 * 128 / 7200) / 2:.0f}"
     assert gd["campaign wall h (ours)"] == "3.00" and gd["seeds"] == 2
     assert ft["optimiser h (ours)"] == ft["real img/s (ours)"] == ft["campaign wall h (ours)"] == "—"
-    assert campaign.cl_item("fmnist", 2, "diag-gd", 340000.0) == "cl-fmnist-s2-diag-gd-lam340000"
+    assert runs.cl_item("fmnist", 2, "diag-gd", 340000.0) == "cl-fmnist-s2-diag-gd-lam340000"
 
 
 def test_wall_by_item_sums_the_ledger(tmp_store):

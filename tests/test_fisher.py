@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from rank1lib import diffusion, fisher, models
+from rank1lib.curvature import spectrum
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def loop_grads(model, x0, y, t, eps):
 
 
 def test_flat_params_order(tiny):
-    flat = fisher.flat_params(tiny)
+    flat = fisher.flat_theta(tiny)
     ps = list(tiny.parameters())
     assert flat.numel() == models.n_params(tiny)
     assert torch.equal(flat[:ps[0].numel()], ps[0].detach().reshape(-1))
@@ -95,17 +96,17 @@ def _check_stats(a, b, tol):
 def test_gram_identities_random_G():
     torch.manual_seed(0)
     G = torch.randn(12, 40, dtype=torch.float64) + 0.7 * torch.randn(40, dtype=torch.float64)
-    acc = fisher.gram_from_G(G)
-    _check_stats(fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"]),
-                 fisher.dense_stats(G), 1e-9)
+    acc = spectrum.gram_from_G(G)
+    _check_stats(spectrum.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"]),
+                 spectrum.dense_stats(G), 1e-9)
 
 
 def test_rank1_G_gives_zero_ratio_and_error():
     torch.manual_seed(1)
     v = torch.randn(30, dtype=torch.float64)
     G = torch.outer(torch.randn(8, dtype=torch.float64) + 2.0, v)
-    acc = fisher.gram_from_G(G)
-    s = fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"])
+    acc = spectrum.gram_from_G(G)
+    s = spectrum.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"])
     assert s["r"] < 1e-10 and s["err_rank1"] < 1e-6 and abs(s["share"] - 1) < 1e-10
     assert abs(s["cos"] - 1).max() < 1e-10
 
@@ -114,9 +115,9 @@ def test_orthogonal_supports_give_zero_diag_error():
     G = torch.zeros(5, 20, dtype=torch.float64)
     for i in range(5):
         G[i, 4 * i:4 * i + 1] = i + 1.0  # one coordinate per sample: F is exactly diagonal
-    acc = fisher.gram_from_G(G)
-    s = fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"])
-    assert s["err_diag"] < 1e-6 and fisher.dense_stats(G)["err_diag"] < 1e-12
+    acc = spectrum.gram_from_G(G)
+    s = spectrum.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"])
+    assert s["err_diag"] < 1e-6 and spectrum.dense_stats(G)["err_diag"] < 1e-12
 
 
 def test_gram_path_equals_dense_on_tiny_unet(tiny, data):
@@ -128,18 +129,18 @@ def test_gram_path_equals_dense_on_tiny_unet(tiny, data):
     acc = fisher.gram_accumulate(tiny, x0s, ys, t, eps, chunk=3, block_bytes=6 * 4 * 20000, method="vmap",
                                  col_chunk=5000)
     R = loop_grads(tiny, x0s, ys, t, eps)
-    ref = fisher.dense_stats(R[:, :6000])  # dense F on a slice only: P x P must stay small
+    ref = spectrum.dense_stats(R[:, :6000])  # dense F on a slice only: P x P must stay small
     assert torch.allclose(acc["K"], R @ R.T / 6, rtol=1e-4, atol=1e-9 * float(R.pow(2).sum()))
-    got = fisher.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"])
-    full = fisher.spectrum_from_gram(*fisher.gram_from_G(R).values())
+    got = spectrum.spectrum_from_gram(acc["K"], acc["d2"], acc["Gmu"], acc["mu"])
+    full = spectrum.spectrum_from_gram(*spectrum.gram_from_G(R).values())
     _check_stats(got, full, 1e-4)
-    sl = fisher.gram_from_G(R[:, :6000])
-    _check_stats(fisher.spectrum_from_gram(sl["K"], sl["d2"], sl["Gmu"], sl["mu"]), ref, 1e-8)
+    sl = spectrum.gram_from_G(R[:, :6000])
+    _check_stats(spectrum.spectrum_from_gram(sl["K"], sl["d2"], sl["Gmu"], sl["mu"]), ref, 1e-8)
 
 
 def test_cosine_matrix():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
-    C = fisher.cosine_matrix([a, b, -a])
+    C = spectrum.cosine_matrix([a, b, -a])
     assert abs(C[0, 1] - 2 ** -0.5) < 1e-12 and abs(C[0, 2] + 1) < 1e-12 and abs(C[1, 1] - 1) < 1e-12
 
 

@@ -37,3 +37,50 @@ def test_opacus_conv_grad_sample_is_wrong_for_a_channels_last_input():
     assert err > 0.1, (f"opacus {opacus.__version__} now gets channels_last conv inputs right (error {err:.1e}): "
                        "update chapter 7's table of per-sample gradient engines")
     assert _rel(_opacus_grad_sample(opacus, conv, cl.contiguous()), loop) < 1e-5  # the workaround
+
+
+def _mlp_case():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
+    batch = (torch.randn(6, 5), torch.randn(6, 2))
+    loss = lambda m, b: (m(b[0]) - b[1]).pow(2).sum(1)  # noqa: E731
+    return net, batch, loss
+
+
+def test_check_flags_each_wrong_tensor_against_a_hand_built_reference():
+    from rank1lib import peers
+    net, batch, loss = _mlp_case()
+    ref = peers.loop_gradients(net, loss, batch)
+    dense = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        loss(net, (batch[0][i:i + 1], batch[1][i:i + 1])).sum(), list(net.parameters()))]) for i in range(6)])
+    assert torch.allclose(ref, dense)
+    ok = peers.check(ref.clone(), ref, net, loss, batch)
+    assert ok["correct"] and ok["tensors_off"] == 0 and ok["rows_sum_err"] < 1e-6
+    bad = ref.clone()
+    bad[:, :35] *= 2  # the first weight (7 x 5) doubled
+    r = peers.check(bad, ref, net, loss, batch)
+    assert not r["correct"] and r["tensors_off"] == 1 and abs(r["max_tensor_err"] - 1.0) < 1e-5  # the 1e-6 floor
+    assert r["rows_sum_err"] > 0.01
+
+
+def test_library_engines_match_the_loop_on_a_plain_mlp():
+    from rank1lib import peers
+    net, batch, loss = _mlp_case()
+    ref = peers.loop_gradients(net, loss, batch)
+    for name in peers.PEERS:
+        try:
+            G = peers.gradients(name, net, loss, batch)
+        except peers.PeerUnavailable:
+            continue
+        assert peers.check(G, ref, net, loss, batch)["correct"], name
+
+
+def test_forward_mode_products_equal_the_per_sample_gradients_times_v():
+    from rank1lib import peers
+    from rank1lib.curvature.engines import directional_jvp
+    net, batch, loss = _mlp_case()
+    G = peers.loop_gradients(net, loss, batch).double()
+    v = [torch.randn_like(p) for p in net.parameters()]
+    u = directional_jvp(net, loss, batch, None, v)
+    want = G @ torch.cat([x.reshape(-1) for x in v]).double()
+    assert torch.allclose(u, want, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,7 @@ def test_sittings_and_items_sum_the_ledger(tmp_store):
     p = store.results_root() / "cpu" / "campaign.json"
     p.parent.mkdir(parents=True)
     p.write_text(json.dumps(rows))
-    assert provenance.ledger("cpu") == rows and provenance.ledger("gpu") == []
+    assert provenance.campaign_rows("cpu") == rows and provenance.campaign_rows("gpu") == []
     s = provenance.sittings(rows)
     assert [(x["date"], x["commit"], x["items"], x["finished"], x["item-hours"]) for x in s] == [
         ("2026-12-01", "abc", 2, 1, 1.5), ("2026-12-02", "abc", 1, 1, 0.1), ("2026-12-02", "def", 1, 1, 2.0)]

@@ -1,4 +1,4 @@
-"""EWC penalties summed over past tasks: rank-1 (paper eq. 6), diagonal, rank-k (app. E.4.1).
+"""EWC penalties summed over past tasks, each called as penalty(model): rank-1 (paper eq. 6), diagonal, rank-k (app. E.4.1).
 
 Every penalty is called as `penalty(model) -> scalar` and already includes lam:
     rank-1:  lam/2 sum_k c*_k (mu_k^T (theta - theta*_k))^2
@@ -12,22 +12,19 @@ small kernels per tensor, which on a GPU made the penalty cost more than the UNe
 """
 import torch
 
-from . import diffusion, fisher
-
+from .engines import _selected
+from .statistics import TaskStats
 
 def _params(model):
     return [p for p in model.parameters() if p.requires_grad]
-
 
 def flat_params(params):
     """The parameter tensors as one flat float32 (P,) vector (differentiable: one copy, one kernel)."""
     return torch.cat([p.reshape(-1).float() for p in params])
 
-
 def _fp32(params):
     """Penalties are computed in float32 even inside a bf16 autocast region."""
     return torch.autocast(params[0].device.type, enabled=False)
-
 
 class LowRankPenalty:
     """lam/2 sum_k sum_j w_kj (u_kj^T (theta - theta*_k))^2; rank-1 EWC is u = mu, w = c* (eq. 6)."""
@@ -72,11 +69,9 @@ class LowRankPenalty:
             d = (self.R @ flat_params(params)).double() - self.u_theta_star
             return (0.5 * self.lam * (self.w * d.pow(2)).sum()).float()
 
-
 def rank1_penalty(lam):
     """Rank-1 EWC (eq. 6): add tasks with add_task(model, mu, [c_star])."""
     return LowRankPenalty(lam)
-
 
 class DiagPenalty:
     """lam/2 sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 (diagonal EWC, Kirkpatrick et al. 2017).
@@ -118,7 +113,6 @@ class DiagPenalty:
             total = (self.A * (flat_params(params) - self.tbar).pow(2)).sum()
             return 0.5 * self.lam * (total + self.C)
 
-
 def make_penalty(kind, lam):
     """'rank1' | 'rankk' -> LowRankPenalty, 'diag' -> DiagPenalty, None -> None."""
     if kind in ("rank1", "rankk"):
@@ -130,14 +124,84 @@ def make_penalty(kind, lam):
     raise ValueError(f"unknown penalty {kind!r}; valid: rank1, rankk, diag")
 
 
-def rank_k_fisher(model, x0_uint8, y, k, iters, n_samples, seed, chunk=32):
-    """Top-k eigenpairs of the empirical Fisher E[g g^T] by stochastic power iteration (app. E.4.1), over
-    fresh joint samples (x0, t, eps) of n_samples per iteration: the public consolidate.rank_k_fisher
-    with rank1lib's loss. Returns V (P, k) float32 with orthonormal columns and s (k,) decreasing."""
-    from .consolidate import rank_k_fisher as rank_k
+class Rank1EWC(torch.nn.Module):
+    """lam/2 sum_k c*_k (mu_k^T (theta - theta*_k))^2 (eq. 6) over the tasks added; call it as
+    penalty(model) inside the training loss (float32 even under autocast; plain tensors, DDP-safe)."""
 
-    def draw(it):  # iteration it: a fresh sample; the final Rayleigh-Ritz step: sample seed * 1000
-        return fisher.book_batches(model, x0_uint8, y, n_samples, seed * 1_000 + (it + 1 if it < iters else 0), chunk)
-    with fisher.grad_mode(model):
-        loss = fisher.diffusion_loss(diffusion.alpha_bar(next(model.parameters()).device))
-        return rank_k(model, loss, draw, k, iters, seed)
+    def __init__(self, lam: float = 15000.0):
+        super().__init__()
+        self.lam = float(lam)
+        self.names, self.shapes = None, None
+        self.register_buffer("mu", torch.zeros(0, 0))          # (K, P) one row per past task
+        self.register_buffer("c_star", torch.zeros(0, dtype=torch.float64))  # (K,)
+        self.register_buffer("theta_star", torch.zeros(0, 0))  # (K, P)
+        self._impl = None
+
+    @property
+    def n_tasks(self) -> int:
+        """Number of tasks added so far."""
+        return len(self.c_star)
+
+    def _check(self, model, names=None, shapes=None):
+        names = names or self.names
+        got, params = _selected(model, names)
+        shapes = shapes or self.shapes
+        if [list(p.shape) for p in params] != shapes:
+            raise ValueError("the model's parameters do not match the statistics (names or shapes differ)")
+        return params
+
+    def add_task(self, model: torch.nn.Module, stats: TaskStats):
+        """Consolidate one finished task (its statistics from task_statistics on the same parameters)."""
+        if self.names is not None and (stats.names != self.names or stats.shapes != self.shapes):
+            raise ValueError("these statistics cover other parameters than the tasks already added")
+        self._check(model, stats.names, stats.shapes)
+        self.names, self.shapes = stats.names, stats.shapes
+        row = lambda v: v.reshape(1, -1).float()  # noqa: E731
+        self.mu = torch.cat([self.mu, row(stats.mu)]) if len(self.mu) else row(stats.mu)
+        self.theta_star = torch.cat([self.theta_star, row(stats.theta_star)]) if len(self.theta_star) \
+            else row(stats.theta_star)
+        self.c_star = torch.cat([self.c_star, torch.tensor([stats.c_star], dtype=torch.float64)])
+        self._impl = None
+
+    def _build(self, model):
+        """The per-step form: an LowRankPenalty over the selected parameters, one direction per task."""
+        self._check(model)
+        impl = LowRankPenalty(self.lam, select=lambda m: _selected(m, self.names)[1])
+        for mu, c, theta in zip(self.mu, self.c_star, self.theta_star):
+            impl.add_task(model, mu, [float(c)], theta_star=theta)
+        return impl
+
+    def forward(self, model: torch.nn.Module) -> torch.Tensor:
+        """lam/2 sum_k c*_k (mu_k^T (theta - theta*_k))^2 at the model's current weights (a scalar with
+        gradient; 0 before the first task). `model` may be wrapped in DDP or torch.compile."""
+        if len(self.c_star) == 0:
+            return next(p for p in model.parameters()).new_zeros(())
+        if self._impl is None:
+            self._impl = self._build(model)
+        return self._impl(model)
+
+    def save(self, path):
+        """Write the consolidated statistics to a safetensors file (names and shapes in its metadata)."""
+        import json
+        from safetensors.torch import save_file
+        save_file({"mu": self.mu.contiguous(), "c_star": self.c_star.contiguous(),
+                   "theta_star": self.theta_star.contiguous()}, str(path),
+                  metadata={"lam": str(self.lam), "names": json.dumps(self.names), "shapes": json.dumps(self.shapes),
+                            "format": "rank1lib.Rank1EWC/1"})
+
+    @classmethod
+    def load(cls, path, model: torch.nn.Module | None = None) -> "Rank1EWC":
+        """Read a penalty written by save(); with `model`, check that it has the same parameters."""
+        import json
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "rank1lib.Rank1EWC/1":
+                raise ValueError(f"{path}: not a Rank1EWC file")
+            t = {k: f.get_tensor(k) for k in f.keys()}
+        pen = cls(float(meta["lam"]))
+        pen.names, pen.shapes = json.loads(meta["names"]), json.loads(meta["shapes"])
+        pen.mu, pen.c_star, pen.theta_star = t["mu"], t["c_star"], t["theta_star"]
+        if model is not None:
+            pen._check(model)
+        return pen

@@ -1,11 +1,12 @@
-"""Per-sample directional derivatives through layer hooks (rank1lib.directional) against per-sample
+"""Per-sample directional derivatives through layer hooks (rank1lib.curvature.hooks) against per-sample
 gradients from a plain autograd loop, and task_statistics' fallback to the double backward."""
 import pytest
 import torch
 from torch import nn
 
 import rank1lib
-from rank1lib import consolidate, diffusion, directional, fisher
+from rank1lib import diffusion, fisher
+from rank1lib.curvature import engines, hooks, statistics
 from rank1lib.models import build_unet
 
 
@@ -31,11 +32,11 @@ def test_hooks_equal_per_sample_gradients_times_v_on_a_unet_with_attention():
     x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
     batch = fisher.joint_samples(x, torch.arange(8) % 10, 6, seed=3)
     names = fisher.param_names(net)
-    found = directional.owners(net, names)
-    assert found is not None and {type(m) for m, _ in found.values()} == set(directional.SUPPORTED)
+    found = hooks.owners(net, names)
+    assert found is not None and {type(m) for m, _ in found.values()} == set(hooks.SUPPORTED)
     v = {n: torch.randn_like(p) for n, p in net.named_parameters()}
-    with consolidate._attention(net):
-        u = directional.directional(net, lambda: _loss(net, batch), found, v)
+    with engines._attention(net):
+        u = hooks.directional(net, lambda: _loss(net, batch), found, v)
         G = _loop_G(net, _loss, batch, 6)
     u_ref = G @ torch.cat([v[n].reshape(-1) for n in names]).double()
     assert (u - u_ref).abs().max() <= 1e-5 * u_ref.abs().max()
@@ -71,8 +72,8 @@ def _mse(model, batch):
 def test_statistics_fall_back_to_the_double_backward_where_hooks_cannot_follow(monkeypatch):
     torch.manual_seed(1)
     calls = []
-    real = consolidate._dots_double_backward
-    monkeypatch.setattr(consolidate, "_dots_double_backward", lambda *a: calls.append(1) or real(*a))
+    real = statistics._dots_double_backward
+    monkeypatch.setattr(statistics, "_dots_double_backward", lambda *a: calls.append(1) or real(*a))
     for model, n_double in ((nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)), 1),  # check only
                             (_Sneaky(), 4),  # the check on the first CHECK samples, then every batch
                             (_Custom(), 3)):  # no hook path at all: every batch
@@ -85,25 +86,25 @@ def test_statistics_fall_back_to_the_double_backward_where_hooks_cannot_follow(m
         assert (st.mu.double() - mu).abs().max() <= 1e-5 * mu.abs().max()
         assert abs(st.c_star - c_ref) <= 1e-5 * c_ref
         assert len(calls) == n_double, type(model).__name__
-    assert directional.owners(_Custom(), ["lin.weight", "lin.bias", "scale"]) is None
+    assert hooks.owners(_Custom(), ["lin.weight", "lin.bias", "scale"]) is None
 
 
 def test_statistics_of_dict_batches_larger_than_the_check(monkeypatch):
-    """Batches as dicts of tensors, larger than consolidate.CHECK: the hook path is checked on the first
+    """Batches as dicts of tensors, larger than engines.CHECK: the hook path is checked on the first
     CHECK samples (one double backward in all) and mu, c* equal the dense per-sample reference."""
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1))
     batches = [{"x": torch.randn(20, 6), "y": torch.randn(20)} for _ in range(2)]
     calls = []
-    real = consolidate._dots_double_backward
+    real = statistics._dots_double_backward
 
     def counted(m, loss, batch, *rest):
         calls.append(len(batch["x"]))
         return real(m, loss, batch, *rest)
-    monkeypatch.setattr(consolidate, "_dots_double_backward", counted)
+    monkeypatch.setattr(statistics, "_dots_double_backward", counted)
     loss = lambda m, b: (m(b["x"])[:, 0] - b["y"]) ** 2  # noqa: E731
     st = rank1lib.task_statistics(model, loss, batches, method="hooks")
-    assert calls == [consolidate.CHECK]
+    assert calls == [engines.CHECK]
     G = torch.cat([_loop_G(model, lambda m, b: loss(m, {"x": b[0], "y": b[1]}), (b["x"], b["y"]), 20)
                    for b in batches])
     mu = G.mean(0)
@@ -131,21 +132,21 @@ class _Zoo(nn.Module):
 
 
 def test_hook_per_sample_gradients_equal_the_loop():
-    """directional.per_sample against one autograd.grad per sample, on the book's tiny UNet (attention,
+    """hooks.per_sample against one autograd.grad per sample, on the book's tiny UNet (attention,
     time embedding, GroupNorm, class Embedding) and on _Zoo (label 0 hits the Embedding's padding row)."""
     torch.manual_seed(4)
     net = build_unet("tiny", 10).eval()
     x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
     batch = fisher.joint_samples(x, torch.arange(8) % 10, 5, seed=6)
-    with consolidate._attention(net):
+    with engines._attention(net):
         G_ref = _loop_G(net, _loss, batch, 5)
-    G = consolidate.per_sample_gradients(net, _loss, batch, method="hooks").double()
+    G = engines.per_sample_gradients(net, _loss, batch, method="hooks").double()
     assert (G - G_ref).abs().max() <= 1e-5 * G_ref.abs().max()
     zoo = _Zoo()
     zb = (torch.randn(6, 4, 9, 9), torch.tensor([0, 1, 2, 3, 4, 0]))
     zloss = lambda m, b: m(*b)  # noqa: E731
     G_ref = _loop_G(zoo, zloss, zb, 6)
-    G = consolidate.per_sample_gradients(zoo, zloss, zb, method="hooks").double()
+    G = engines.per_sample_gradients(zoo, zloss, zb, method="hooks").double()
     assert (G - G_ref).abs().max() <= 1e-5 * G_ref.abs().max()
 
 
@@ -153,10 +154,10 @@ def test_hook_gradients_are_checked_and_fall_back_to_vmap(monkeypatch):
     """With hooks as the measured 'auto' path, task_statistics' gradient route checks the hook gradients
     on its first batch: a weight used outside its layer (_Sneaky) or a parameter outside any supported
     layer (_Custom) sends it to vmap, and the statistics equal the dense reference."""
-    monkeypatch.setitem(fisher.AUTO_METHOD, "cpu", "hooks")
+    monkeypatch.setitem(engines.AUTO_METHOD, "cpu", "hooks")
     used = []
-    real = consolidate.per_sample_gradients
-    monkeypatch.setattr(consolidate, "per_sample_gradients",
+    real = engines.per_sample_gradients
+    monkeypatch.setattr(statistics, "per_sample_gradients",
                         lambda *a, method="vmap": used.append(method) or real(*a, method=method))
     for model, want in ((nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 1)), ["hooks"] * 3),
                         (_Sneaky(), ["hooks"] + ["vmap"] * 3), (_Custom(), ["hooks"] + ["vmap"] * 3)):

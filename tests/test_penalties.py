@@ -1,6 +1,6 @@
 import torch
 
-from rank1lib import ewc
+from rank1lib.curvature import penalties
 from rank1lib.models import build_unet
 
 
@@ -23,7 +23,7 @@ def perturb(model, scale, seed):
 def test_rank1_penalty_equals_hand_computed_sum_over_tasks():
     net = tiny_net()
     P = flat(net).numel()
-    pen = ewc.rank1_penalty(lam=3.0)
+    pen = penalties.rank1_penalty(lam=3.0)
     thetas, mus, cs = [], [], [0.7, 2.5, 0.1]
     for k, c in enumerate(cs):
         perturb(net, 0.3, seed=k)
@@ -45,7 +45,7 @@ def test_rank1_penalty_equals_hand_computed_sum_over_tasks():
 def test_diag_penalty_equals_hand_computed():
     net = tiny_net()
     P = flat(net).numel()
-    pen = ewc.DiagPenalty(lam=5.0)
+    pen = penalties.DiagPenalty(lam=5.0)
     thetas, Fs = [], []
     for k in range(3):
         perturb(net, 0.5, seed=k)
@@ -67,10 +67,10 @@ def test_diag_penalty_equals_hand_computed():
 def test_penalty_zero_at_theta_star_and_with_lam_zero():
     net = tiny_net()
     P = flat(net).numel()
-    r1 = ewc.rank1_penalty(100.0)
+    r1 = penalties.rank1_penalty(100.0)
     r1.add_task(net, torch.randn(P), [1.0])
     assert abs(float(r1(net).detach())) < 1e-8
-    off = ewc.rank1_penalty(0.0)
+    off = penalties.rank1_penalty(0.0)
     off.add_task(net, torch.randn(P), [1.0])
     perturb(net, 1.0, 0)
     assert float(off(net).detach()) == 0.0
@@ -89,7 +89,7 @@ def test_rank_k_power_iteration_on_exact_rank1_fisher_equals_rank1():
         V = torch.linalg.qr(F @ V)[0]
     s = (V * (F @ V)).sum(0)
     c_star = float((G @ mu).pow(2).mean() / mu.dot(mu) ** 2)
-    r1, rk = ewc.rank1_penalty(2.0), ewc.LowRankPenalty(2.0)
+    r1, rk = penalties.rank1_penalty(2.0), penalties.LowRankPenalty(2.0)
     r1.add_task(net, mu.float(), [c_star])
     rk.add_task(net, V.float(), s)
     perturb(net, 0.3, 5)
@@ -105,7 +105,7 @@ def test_rank_k_fisher_on_model_matches_dense_eigendecomposition():
     y = torch.arange(8) % 10
     # with iters=0 the result is the Rayleigh quotient of the random start; with many iterations on
     # a small problem the top eigenvalue approaches the dense one computed on the final sample
-    V, s = ewc.rank_k_fisher(net, x, y, k=2, iters=6, n_samples=24, seed=3, chunk=24)
+    V, s = fisher.rank_k_pairs(net, x, y, k=2, iters=6, n_samples=24, seed=3, chunk=24)
     assert V.shape[1] == 2 and torch.allclose(V.T.double() @ V.double(), torch.eye(2, dtype=torch.float64), atol=1e-4)
     x0, yy, t, eps = fisher.joint_samples(x, y, 24, 3 * 1000)
     names = fisher.param_names(net)
@@ -121,7 +121,7 @@ def test_rank_k_pairs_are_ritz_pairs_of_the_final_sample():
     net = build_unet("small1", 10)
     x = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
     y = torch.arange(8) % 10
-    V, s = ewc.rank_k_fisher(net, x, y, k=3, iters=2, n_samples=16, seed=4, chunk=16)
+    V, s = fisher.rank_k_pairs(net, x, y, k=3, iters=2, n_samples=16, seed=4, chunk=16)
     x0, yy, t, eps = fisher.joint_samples(x, y, 16, 4 * 1000)
     G = fisher.flatten_grads(fisher.per_sample_grads(net, x0, yy, t, eps, chunk=16), fisher.param_names(net)).double()
     GV = G @ V.double()

@@ -33,7 +33,7 @@ def test_statistics_equal_the_per_sample_reference(method):
     assert abs(st.c_star - c_ref) <= 1e-5 * abs(c_ref)
     d_ref = fisher.diag_fisher(net, x, y, 12, seed=5, method="loop")
     assert (st.diag - d_ref).abs().max() <= 1e-5 * d_ref.abs().max()
-    assert st.n_samples == 12 and torch.equal(st.theta_star, fisher.flat_params(net))
+    assert st.n_samples == 12 and torch.equal(st.theta_star, fisher.flat_theta(net))
     # the continual loop's diagonal (public API, rank1lib's loss) on the same joint samples
     d_api = fisher.diag_fisher_api(net, x, y, 12, seed=5, chunk=5)
     assert (d_api - d_ref).abs().max() <= 1e-5 * d_ref.abs().max()
@@ -53,7 +53,7 @@ def test_penalty_matches_the_formula_and_survives_save_load(tmp_path):
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    theta = fisher.flat_params(net).double()
+    theta = fisher.flat_theta(net).double()
     want = sum(0.5 * 300.0 * s.c_star * float(s.mu.double() @ (theta - s.theta_star.double())) ** 2 for s in (s1, s2))
     got = pen(net)
     assert got.requires_grad and abs(float(got) - want) <= 1e-4 * want
@@ -111,7 +111,7 @@ def test_book_path_uses_the_public_api():
     mu, c = fisher.mu_c_star(net, x, y, 12, seed=5, chunk=5)
     st = rank1lib.task_statistics(net, loss_fn, batches)
     assert torch.allclose(mu, st.mu, rtol=1e-6, atol=1e-9 * float(st.mu.abs().max())) and abs(c - st.c_star) <= 1e-6 * c
-    pen = continual.make_penalty("rank1", 300.0)
+    pen = continual.method_penalty("rank1", 300.0)
     assert isinstance(pen, rank1lib.Rank1EWC)
     continual.add_to_penalty(pen, "rank1", net, {"mu": mu, "c_star": c})
     assert pen.n_tasks == 1 and float(pen(net)) == pytest.approx(0.0, abs=1e-6)
@@ -157,19 +157,19 @@ def test_baselines_through_the_public_api_on_a_non_diffusers_model():
 
 
 def test_auto_route_follows_the_memory_budget(monkeypatch):
-    """'auto' stacks per-sample gradients when G fits fisher.default_block_bytes, else uses the hooks;
+    """'auto' stacks per-sample gradients when G fits curvature.engines.default_block_bytes, else uses the hooks;
     both give the same statistics."""
-    from rank1lib import consolidate
+    from rank1lib.curvature import statistics
     net, x, y, batches = _setup()
     P = sum(p.numel() for p in net.parameters())
-    assert consolidate.auto_route(12, P, "cpu") == "gradients"
+    assert statistics.auto_route(12, P, "cpu") == "gradients"
     routes = []
-    real_g, real_h = consolidate._stats_by_gradients, consolidate._task_statistics
-    monkeypatch.setattr(consolidate, "_stats_by_gradients", lambda *a, **k: routes.append("g") or real_g(*a, **k))
-    monkeypatch.setattr(consolidate, "_task_statistics", lambda *a, **k: routes.append("h") or real_h(*a, **k))
+    real_g, real_h = statistics._stats_by_gradients, statistics._task_statistics
+    monkeypatch.setattr(statistics, "_stats_by_gradients", lambda *a, **k: routes.append("g") or real_g(*a, **k))
+    monkeypatch.setattr(statistics, "_task_statistics", lambda *a, **k: routes.append("h") or real_h(*a, **k))
     st_g = rank1lib.task_statistics(net, loss_fn, batches)
-    monkeypatch.setattr(fisher, "default_block_bytes", lambda device: 4 * 12 * P - 1)  # one byte short
-    assert consolidate.auto_route(12, P, "cpu") == "hooks"
+    monkeypatch.setattr(statistics, "default_block_bytes", lambda device: 4 * 12 * P - 1)  # one byte short
+    assert statistics.auto_route(12, P, "cpu") == "hooks"
     st_h = rank1lib.task_statistics(net, loss_fn, batches)
     assert routes == ["g", "h"]
     assert (st_g.mu - st_h.mu).abs().max() <= 1e-5 * st_h.mu.abs().max()

@@ -1,0 +1,75 @@
+"""The package's import graph: no cycles, and every import points to the same or a lower layer."""
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+PKG = Path(__file__).resolve().parents[1] / "rank1lib"
+
+# Lowest first. A module may import from its own layer or any layer below it, never from above.
+LAYERS = [
+    {"store", "distributed", "plots", "mnist_wheel"},                                     # plumbing
+    {"data", "models", "diffusion", "curvature", "curvature.engines", "curvature.hooks",
+     "curvature.statistics", "curvature.spectrum", "curvature.penalties"},              # concepts
+    {"fisher", "train", "replay", "fid", "vae", "profiles", "registry"},                  # the book's adapters, tiers
+    {"continual", "analysis", "trajectory", "experiments", "study", "learned_task1", "runs",
+     "peers"},                                                                             # experiments
+    {"scales", "claims", "status", "provenance", "bench", "bench_fisher", "bench_train", "bench_peers",
+     "campaign"},  # reports, orchestration
+    {"book", "__main__", "__init__"},                                                     # entry points
+]
+
+
+def _modules():
+    return {".".join(p.relative_to(PKG).with_suffix("").parts).removesuffix(".__init__") or "__init__": p
+            for p in PKG.rglob("*.py")}
+
+
+def _edges():
+    """(importer, imported) for every import of a rank1lib module, at module level or inside a function."""
+    mods = _modules()
+    out = set()
+    for name, path in mods.items():
+        pkg = name.rsplit(".", 1)[0] if path.name != "__init__.py" and "." in name else (
+            name if path.name == "__init__.py" and name != "__init__" else "")
+        for n in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(n, ast.ImportFrom):
+                continue
+            if n.level:
+                base = pkg.split(".") if pkg else []
+                base = base[:len(base) - (n.level - 1)] if n.level > 1 else base
+                target = ".".join(base + ([n.module] if n.module else []))
+            elif n.module and n.module.split(".")[0] == "rank1lib":
+                target = n.module.partition(".")[2]
+            else:
+                continue
+            cands = [f"{target}.{a.name}".lstrip(".") for a in n.names] + [target]
+            for c in cands:
+                if c in mods and c != name:
+                    out.add((name, c))
+                    break
+    return out
+
+
+def _layer(m):
+    return next(i for i, layer in enumerate(LAYERS) if m in layer)
+
+
+def test_every_module_has_a_layer():
+    assert set(_modules()) <= set().union(*LAYERS), set(_modules()) - set().union(*LAYERS)
+
+
+def test_no_import_cycles():
+    g = nx.DiGraph(sorted(_edges()))
+    assert [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1] == []
+
+
+def test_no_import_points_upward():
+    up = sorted((a, b) for a, b in _edges() if _layer(b) > _layer(a))
+    assert up == []
+
+
+def test_the_graph_sees_relative_and_absolute_imports():
+    e = _edges()
+    assert ("fisher", "curvature.engines") in e and ("curvature.statistics", "curvature.engines") in e
+    assert ("continual", "curvature") in e and ("campaign", "runs") in e

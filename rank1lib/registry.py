@@ -5,7 +5,8 @@ import inspect
 
 EXPERIMENTS = {}
 # Modules whose import registers experiments (one per chapter family).
-MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.trajectory", "rank1lib.runs", "rank1lib.study"]
+MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.trajectory", "rank1lib.runs", "rank1lib.study",
+           "rank1lib.learned_task1"]
 
 
 def experiment(name, help=""):

@@ -258,29 +258,43 @@ def set_aside(path, why) -> Path:
 
 def read_or_set_aside(path, reader, owner=True, errors=Exception):
     """(reader(path), True) for a readable file; (None, False) when it is absent or unreadable, i.e. reader
-    raised one of `errors` (then moved aside by its owner, one line on stderr; other errors propagate).
-    Caches of resumable work and the store's JSON records go through here."""
+    raised one of `errors` (then moved aside by its owner, one line on stderr; a reader that is not the
+    owner leaves it in place and says so; other errors propagate). Caches of resumable work and the
+    store's JSON records go through here."""
     path = Path(path)
     if path.exists():
         try:
             return reader(path), True
         except errors as e:  # truncated or foreign file: the caller recomputes it
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if owner:
-                set_aside(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                set_aside(path, why)
+            else:
+                _unreadable_left(path, why)
     return None, False
 
 
-def load(profile, experiment, name, config=None):
-    """The stored record, or None if absent, torn (arrays do not match the record) or its config
-    hash differs from `config`'s. An unreadable record or torn arrays are moved aside."""
+def _unreadable_left(path, why):
+    print(f"warning: {path} is unreadable ({why}); left in place and shown as pending (a command that computes "
+          "it, run or campaign, sets it aside)", file=sys.stderr)
+
+
+def load(profile, experiment, name, config=None, owner=False):
+    """The stored record, or None if absent, torn (arrays do not match the record) or its config hash
+    differs from `config`'s. Reading never changes the store: an unreadable record or torn arrays are
+    reported (one line) and left in place, unless `owner` (a caller about to recompute the result)
+    moves them aside."""
     p = result_dir(profile, experiment) / f"{name}.json"
-    rec, found = read_or_set_aside(p, lambda q: Result(json.loads(q.read_text())),
+    rec, found = read_or_set_aside(p, lambda q: Result(json.loads(q.read_text())), owner=owner,
                                    errors=(ValueError, UnicodeDecodeError))  # not JSON; OSError propagates
     if not found:
         return None
     npz = p.with_suffix(".npz")
     want = rec.get("files", {}).get("npz")
     if want and (not npz.exists() or file_sha256(npz) != want):
+        if not owner:
+            _unreadable_left(p, "its arrays are missing or do not match the JSON record (torn write)")
+            return None
         if npz.exists():
             set_aside(npz, "its arrays do not match the JSON record (torn write)")
         set_aside(p, "its arrays are missing or torn")
@@ -313,19 +327,21 @@ def load_or_compute(profile, experiment, name, config, compute, heavy=False, com
     raises NeedsGPU naming the command that computes it; on a cli_only profile, ResultPending unless
     this process is the CLI (allow_cli_only).
     """
-    rec = None if replace else load(profile, experiment, name, config)
+    import torch
+    reader = getattr(_LOCAL, "probe", False) or (cli_only and not _ALLOW_CLI_ONLY)
+    computes = not reader and not (heavy and not torch.cuda.is_available())
+    rec = None if replace else load(profile, experiment, name, config, owner=computes)
     if rec is not None:
         return rec
-    clean_stale_tmp(result_dir(profile, experiment))
-    import torch
     cmd = command or f"python -m rank1lib run {experiment} --profile {profile}"
-    if getattr(_LOCAL, "probe", False) or (cli_only and not _ALLOW_CLI_ONLY):
+    if reader:
         raise ResultPending(f"pending: {profile}/{experiment}/{name} is not in the store yet; "
                             f"it is computed by: {cmd}  (or: python -m rank1lib campaign --profile {profile})",
                             command=cmd)
     if heavy and not torch.cuda.is_available():
         raise NeedsGPU(f"result {profile}/{experiment}/{name} is not in the store and profile "
                        f"{profile!r} needs a CUDA GPU; compute it on a GPU box with: {cmd}", command=cmd)
+    clean_stale_tmp(result_dir(profile, experiment))
     t0 = time.time()
     out = compute()
     values, arrays = out[0], out[1]

@@ -141,8 +141,28 @@ def test_torn_result_is_detected_and_set_aside(tmp_store):
     d = store.result_dir("ci", "e")
     with open(d / "n.npz", "wb") as f:  # a newer array file beside the old record: torn
         np.savez(f, a=np.arange(5))
-    assert store.load("ci", "e", "n", {"k": 1}) is None
+    assert store.load("ci", "e", "n", {"k": 1}) is None  # a reader: reported, left in place
+    assert not list(d.glob("*.bad-*")) and (d / "n.json").exists()
+    assert store.load("ci", "e", "n", {"k": 1}, owner=True) is None  # about to recompute: set aside
     assert list(d.glob("n.json.bad-*")) and list(d.glob("n.npz.bad-*"))
+
+
+def test_reading_a_torn_result_never_changes_the_store(tmp_store, capsys):
+    """A probe or a cli_only reader shows the result pending and leaves a torn record where it is; the
+    command that computes it moves it aside first."""
+    cfg = {"k": 1}
+    store.save("cpu", "e", "n", cfg, {"v": 1.0}, {"a": np.arange(3)})
+    d = store.result_dir("cpu", "e")
+    (d / "n.npz").write_bytes(b"torn")
+    before = sorted(p.name for p in d.iterdir())
+    with pytest.raises(store.ResultPending):
+        store.load_or_compute("cpu", "e", "n", cfg, lambda: ({"v": 2.0}, None), cli_only=True)
+    with store.probing(), pytest.raises(store.ResultPending):
+        store.load_or_compute("cpu", "e", "n", cfg, lambda: ({"v": 2.0}, None))
+    assert sorted(p.name for p in d.iterdir()) == before
+    assert "left in place" in capsys.readouterr().err
+    rec = store.load_or_compute("cpu", "e", "n", cfg, lambda: ({"v": 2.0}, None))  # computes: sets aside
+    assert rec.values == {"v": 2.0} and list(d.glob("n.json.bad-*")) and list(d.glob("n.npz.bad-*"))
 
 
 def test_results_never_hold_nan_tokens(tmp_store):
@@ -530,3 +550,17 @@ def test_prune_removes_only_what_finished_items_no_longer_need(tmp_store, monkey
     assert sorted(str(p.relative_to(task1)) for p in task1.rglob("*") if p.is_file()) == [
         "ckpt/last/diffusion_pytorch_model.safetensors", "eval-x.json", "train.json"]
     assert campaign.prune_finished(cfg, items) == []  # nothing left to prune
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_every_campaign_command_names_a_registered_experiment(profile):
+    """The CLI's registry knows every experiment a campaign item runs (a missing module fails the item
+    at once, in a child process, where nobody sees it until the sitting's log is read)."""
+    import subprocess
+    import sys
+    from rank1lib import campaign
+    out = subprocess.run([sys.executable, "-c", "from rank1lib import registry; print(' '.join(registry.load_all()))"],
+                         capture_output=True, text=True, check=True).stdout  # a fresh process: what the CLI sees
+    known = out.split()
+    wanted = {c.experiment for it in campaign.all_items(load_profile(profile)) for c in it.cmds}
+    assert wanted - set(known) == set()

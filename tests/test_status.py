@@ -42,3 +42,42 @@ def test_pending_command_recomputes_exactly_the_missing_result(make_cfg, tmp_sto
     args = parser().parse_args(argv)
     sets = parse_sets(args.set) | ({"dataset": args.dataset} if args.dataset else {})
     assert dict(load_profile(args.profile, **sets)) == dict(cfg)
+
+
+def _canonical(command, cfg):
+    """A `run` command as (experiment, dataset, seed, method, sets without the profile's own values)."""
+    from rank1lib.profiles import parse_sets
+    words = command.split()
+    words = words[words.index("run") + 1:]
+    exp, flags, sets = words[0], {}, []
+    i = 1
+    while i < len(words):
+        if words[i] == "--set":
+            sets.append(words[i + 1])
+        else:
+            flags[words[i]] = words[i + 1]
+        i += 2
+    parsed = {k: v for k, v in parse_sets(sets).items() if v != cfg[k]}
+    return (exp, flags.get("--dataset", cfg.dataset), int(flags.get("--seed", 0)), flags.get("--method"),
+            tuple(sorted((k, float(v) if isinstance(v, (int, float)) else str(v)) for k, v in parsed.items())))
+
+
+def test_status_asks_only_for_what_the_campaign_schedules(tmp_store):
+    """Every result a status row needs at the cpu tier is computed by a campaign item's command."""
+    from rank1lib import campaign, status
+    from rank1lib.data import DataMissing
+    cfg = load_profile("cpu")
+    scheduled = {_canonical(c.text("cpu"), cfg) for it in campaign.all_items(cfg) for c in it.cmds}
+    asked = []
+    for a in status.ARTEFACTS:
+        for call in status._needs(a.needs, cfg):
+            try:
+                with store.probing():
+                    call()
+            except store.ResultPending as e:
+                asked.append((a.needs, e.command))
+            except DataMissing:
+                pytest.skip("needs the tier's datasets (make data)")
+    assert len(asked) > 30  # an empty store: every result is pending
+    missing = [(need, cmd) for need, cmd in asked if _canonical(cmd, cfg) not in scheduled]
+    assert missing == []

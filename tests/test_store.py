@@ -158,8 +158,10 @@ def test_store_load_sets_aside_a_torn_record_but_raises_on_an_os_error(tmp_store
     p = store.result_dir("ci", "e") / "n.json"
     assert store.load("ci", "e", "n", {"k": 1}).values == {"v": 1}
     text = p.read_text()
-    p.write_text(text[: len(text) // 2])  # a record cut off mid-way: set aside, then recomputed
-    assert store.load("ci", "e", "n", {"k": 1}) is None
+    p.write_text(text[: len(text) // 2])  # a record cut off mid-way: a reader leaves it, the owner sets it aside
+    assert store.load("ci", "e", "n", {"k": 1}) is None and p.exists()
+    assert "left in place" in capsys.readouterr().err
+    assert store.load("ci", "e", "n", {"k": 1}, owner=True) is None
     assert not p.exists() and [q.read_text() for q in p.parent.glob("n.json.bad-*")] == [text[: len(text) // 2]]
     assert "JSONDecodeError" in capsys.readouterr().err
     store.save("ci", "e", "n", {"k": 1}, {"v": 2}, None)

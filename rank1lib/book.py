@@ -72,16 +72,41 @@ def stored(fn, cfg, *args, **kw):
         return None
 
 
-def keep(fig, rec, tag):
+def keep(fig, rec, tag, label=None):
     """Show a figure and keep it as a PNG next to the stored result it plots
-    (<results>/<profile>/<experiment>/<name>.fig-<tag>.png); a read-only store is skipped silently."""
+    (<results>/<profile>/<experiment>/<name>.fig-<tag>.png); a read-only store is skipped silently.
+    With `label` the figure is not shown here but glued under that name, for a numbered
+    `{glue:figure}` with that label further down the page."""
     import matplotlib.pyplot as plt
     from .store import save_png
     try:
         save_png(rec["profile"], rec["experiment"], f"{rec['name']}.fig-{tag}", fig)
     except OSError:
         pass
-    plt.show()
+    if label:
+        _glue(label, fig)
+    else:
+        plt.show()
+
+
+def placeholder(label, text):
+    """Glue a small figure that only says `text` under `label` (a numbered figure whose result is pending)."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    _glue(label, fig)
+
+
+def _glue(label, fig):
+    import matplotlib.pyplot as plt
+    try:
+        from myst_nb import glue
+    except ImportError:  # outside the book's environment: just show it
+        plt.show()
+        return
+    glue(label, fig, display=False)
+    plt.close(fig)
 
 
 def show_provenance(rec):

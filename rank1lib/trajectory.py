@@ -178,5 +178,4 @@ def budget_figure(runs):
             a.axvline(x, color="0.7", lw=0.8, zorder=0)
         ax[1].text(x, 1.02, what, rotation=90, ha="right", va="top", fontsize=8, color="0.4")
     ax[0].legend(fontsize=9)
-    fig.tight_layout()
     return fig

@@ -14,7 +14,7 @@ LAYERS = [
     {"fisher", "train", "replay", "fid", "vae", "profiles", "registry"},                  # the book's adapters, tiers
     {"continual", "analysis", "trajectory", "experiments", "study", "learned_task1", "runs",
      "peers"},                                                                             # experiments
-    {"scales", "claims", "status", "provenance", "bench", "bench_fisher", "bench_train", "bench_peers",
+    {"scales", "claims", "status", "provenance", "bench", "bench_fisher", "bench_train", "bench_peers", "spectrum_figures",
      "campaign"},  # reports, orchestration
     {"book", "__main__", "__init__"},                                                     # entry points
 ]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from rank1lib import claims, scales, store
+from rank1lib.profiles import load_profile
 
 
 class Fake(store.Result):
@@ -75,7 +76,7 @@ def test_task1_learned_is_its_fid_within_1_5x_of_the_joint_a_fid(monkeypatch, ta
     recs = {"joint": [fake({"a_fid": 100.0}, experiment="continual")],
             "finetune": [fake({"a_fid_at_k": [task1, 200.0]}, experiment="continual")]}
     monkeypatch.setattr(claims, "_cl", lambda cfg, ds, methods: recs if ds == "mnist-5k" else None)
-    p = claims.cl_premise(None)
+    p = claims.cl_premise(load_profile("cpu"))
     assert p["holds"] is holds and f"{task1:.1f} vs joint A-FID 100.0" in p["text"]
 
 

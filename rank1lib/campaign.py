@@ -284,8 +284,10 @@ def all_items(cfg) -> list:
     first = [i for i in fisher if i.key not in ("base-s1", "base-s2", "base-s0-x4")]
     rest = [i for i in fisher if i not in first]
     paper = paper_budget_items(cfg)
-    return (first + study_items(cfg) + rest[:2] + table1_items(cfg) + paper[:-2] + learned_items(cfg) + paper[-2:]
-            + rest[2:])
+    fid_item = Item("fid-resize", "FID floors and the task-1 model under both Inception resizes (chapter 5)",
+                    [Cmd("fid_resize")], minutes=30)  # ~8,000 Inception images and 200 DDIM samples, one thread
+    return (first + study_items(cfg) + rest[:2] + table1_items(cfg) + paper[:-2] + [fid_item] + learned_items(cfg)
+            + paper[-2:] + rest[2:])
 
 
 def item_cfg(cfg, item) -> Config:

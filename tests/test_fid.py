@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import scipy.linalg
 import torch
 from torch import nn
@@ -82,3 +83,23 @@ def test_inception_wrapper_standard_input():
     assert torch.allclose(f, feat(x.repeat(1, 3, 1, 1)))
     up = nn.functional.interpolate(x.float().repeat(1, 3, 1, 1), size=(299, 299), mode="bilinear")
     assert torch.allclose(f, feat.net(up / 128 - 1))
+
+
+def test_tf_resize_matches_the_helper_packages_resize_its_weights_were_made_for():
+    """rank1lib's TF1-style resize against fid-helper-pytorch's own nv_bilinear (an independent implementation)."""
+    pytest.importorskip("cv2")
+    rs = pytest.importorskip("fid_helper_pytorch._resample_func")
+    from rank1lib.fid import tf_resize
+    x = torch.rand(2, 3, 32, 32) * 255
+    ref = rs.nv_bilinear(x, (299, 299))
+    assert (tf_resize(x, 299) - ref).abs().max() < 1e-3
+    plain = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    assert (plain - ref).abs().max() > 1.0  # the two resizes differ: the offset is real
+
+
+def test_tf_resize_by_hand_on_a_ramp():
+    """Output pixel j reads source coordinate j * 4 / 8 on a 4-pixel ramp 0, 1, 2, 3 (border clamped)."""
+    from rank1lib.fid import tf_resize
+    x = torch.arange(4.0).reshape(1, 1, 1, 4).repeat(1, 1, 4, 1)
+    out = tf_resize(x, 8)[0, 0, 0]
+    assert torch.allclose(out, torch.tensor([0, 0.5, 1, 1.5, 2, 2.5, 3, 3.0]))

@@ -131,3 +131,29 @@ def test_rank_k_pairs_are_ritz_pairs_of_the_final_sample():
     assert torch.allclose(H.diagonal(), s.double(), rtol=1e-4)
     assert torch.all(s[:-1] >= s[1:])
     assert s[0] <= torch.linalg.eigvalsh(G @ G.T / 16)[-1] * 1.0001
+
+
+def test_penalties_keep_float32_inside_bf16_autocast():
+    """The projection mu^T theta and the diagonal sum stay float32 inside a bf16 autocast region: the
+    penalty there equals the one outside, and both match a float64 hand computation."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 8))
+    P = sum(p.numel() for p in net.parameters())
+    mu, F = torch.randn(P), torch.rand(P)
+    theta0 = torch.cat([p.detach().reshape(-1) for p in net.parameters()]).double()
+    r1, dg = penalties.rank1_penalty(15000.0), penalties.DiagPenalty(15000.0)
+    r1.add_task(net, mu, [0.3])
+    dg.add_task(net, F)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    d = torch.cat([p.detach().reshape(-1) for p in net.parameters()]).double() - theta0
+    want_r1 = 0.5 * 15000.0 * 0.3 * float(mu.double() @ d) ** 2
+    want_dg = 0.5 * 15000.0 * float((F.double() * d ** 2).sum())
+    for pen, want in ((r1, want_r1), (dg, want_dg)):
+        out = float(pen(net))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = pen(net)
+        assert inside.dtype == torch.float32
+        assert abs(float(inside) - out) <= 1e-6 * abs(out)
+        assert abs(out - want) <= 1e-3 * abs(want)  # float32: mu^T theta - mu^T theta* cancels

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from . import continual, store
+from . import continual, paper, store
 from .continual import TABLE1
 from .profiles import set_args
 from .registry import experiment
@@ -18,33 +18,8 @@ COLORS = {"joint": "black", "finetune": "tab:gray", "diag": "tab:orange", "rank1
           "diag-gd": "tab:red", "rank1-gd": "tab:blue", "rankk-gd": "tab:purple"}
 PAPER_DATASET = {"mnist": "MNIST", "mnist-5k": "MNIST", "fmnist": "FMNIST", "cifar10": "CIFAR-10",
                  "imagenet32": "ImageNet-1k"}
-# Paper Table 1: (A-FID, se, forgetting, se); forgetting not reported for the non-continual model.
-PAPER_T1 = {
-    "MNIST": {"joint": (2.6, 0.1, None, None), "diag": (62.2, 2.9, 51.1, 4.2), "rank1": (65.2, 4.6, 58.3, 4.4),
-              "gd": (10.1, 0.9, 2.3, 0.8), "diag-gd": (14.3, 1.3, 5.2, 1.2), "rank1-gd": (7.6, 0.1, 0.6, 0.1)},
-    "FMNIST": {"joint": (5.7, 0.8, None, None), "diag": (99.9, 3.5, 81.7, 4.7), "rank1": (96.9, 3.2, 82.1, 3.5),
-               "gd": (19.1, 0.9, 3.9, 0.5), "diag-gd": (27.7, 2.2, 9.1, 2.7), "rank1-gd": (15.4, 0.6, 0.9, 0.3)},
-    "CIFAR-10": {"joint": (23.3, 0.7, None, None), "diag": (128.6, 4.6, 74.4, 3.5),
-                 "rank1": (120.0, 10.2, 77.4, 9.4), "gd": (61.2, 3.2, 16.6, 0.6),
-                 "diag-gd": (72.6, 3.2, 17.9, 1.8), "rank1-gd": (50.5, 1.2, 7.4, 1.2)},
-    "ImageNet-1k": {"joint": (11.7, 0.1, None, None), "diag": (86.1, 4.2, 34.2, 3.6),
-                    "rank1": (74.3, 1.9, 41.3, 1.8), "gd": (69.0, 2.2, 46.2, 12.9),
-                    "diag-gd": (73.8, 2.8, 25.8, 9.4), "rank1-gd": (48.5, 1.9, 15.2, 4.8)},
-}
-# Paper Table 5 (GD + rank-k by power iteration): k -> (final FID, se, forgetting, se).
-PAPER_T5 = {"CIFAR-10": {1: (50.5, 1.2, 7.4, 1.2), 2: (57.5, 2.6, 15.9, 1.8), 3: (60.4, 5.4, 17.7, 5.0),
-                         4: (55.7, 3.4, 13.0, 2.0), 5: (55.6, 2.3, 12.6, 1.6)},
-            "FMNIST": {1: (15.4, 0.6, 0.9, 0.3), 2: (18.1, 1.6, 3.8, 1.4), 3: (16.8, 0.9, 2.9, 0.6),
-                       4: (17.0, 1.2, 2.9, 1.2), 5: (17.1, 1.2, 2.9, 1.0)}}
-# Paper Table 6 (fine-tuning, lambda = 0): (final FID, forgetting).
-PAPER_T6 = {"CIFAR-10": (115.410, 72.496), "FMNIST": (103.955, 88.009), "ImageNet-1k": (265.902, 67.864),
-            "MNIST": (102.642, 93.700)}
-# Paper Table 3 (hours, GPU); GR in the paper's table is its generative-replay (GD) runs.
-PAPER_T3 = {("MNIST", "diag"): 5, ("MNIST", "rank1"): 5, ("MNIST", "gd"): 8, ("MNIST", "diag-gd"): 9,
-            ("MNIST", "rank1-gd"): 9, ("FMNIST", "diag"): 5, ("FMNIST", "rank1"): 5, ("FMNIST", "gd"): 8,
-            ("FMNIST", "diag-gd"): 9, ("FMNIST", "rank1-gd"): 9, ("CIFAR-10", "diag"): 4,
-            ("CIFAR-10", "rank1"): 4, ("CIFAR-10", "gd"): 7, ("CIFAR-10", "diag-gd"): 8,
-            ("CIFAR-10", "rank1-gd"): 8}
+# The paper's tables as printed (rank1lib/paper_numbers.yaml)
+PAPER_T1, PAPER_T3, PAPER_T5, PAPER_T6 = paper.TABLE1, paper.TABLE3, paper.TABLE5, paper.TABLE6
 
 
 def dataset_cfg(cfg, dataset):

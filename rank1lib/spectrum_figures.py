@@ -1,10 +1,75 @@
-"""Chapter 3's figures and tables from stored spectrum results: the training loss of the analysis model,
-Figure 3 (cosines of mu_t, top eigenvalues, r_t, approximation errors), Figure 3 over seeds and per
-dataset, the 35.7M UNet's spectrum, and the Fisher along training. Each takes stored values and
-returns a matplotlib figure (or a DataFrame); nothing is computed here."""
+"""The figures and tables of chapters 2-4 from stored results: Figure 1 (Tweedie), Figure 2 (gradient
+alignment), the training loss of the analysis model, Figure 3 (cosines of mu_t, top eigenvalues, r_t,
+approximation errors) over seeds and per dataset, the 35.7M UNet's spectrum, the Fisher along
+training, Figure 6 (model size) and appendix C (VAE vs DDPM). Each takes stored values and returns a
+matplotlib figure (or a DataFrame); nothing is computed here."""
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from .paper import APPENDIX_C as PAPER_APPC  # the paper's values, drawn as reference lines
+
+
+def fig1(v):
+    """Figure 1: MSE between x_t and Tweedie's scaled prediction sqrt(1 - alpha_bar_t) eps_hat, per t."""
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot(v["t"], v["mse"], "o-", label=r"MSE$(x_t, \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)$")
+    ax[0].set(xlabel="timestep t", ylabel="MSE", title="Fig. 1: input vs scaled prediction")
+    ax[0].legend()
+    ax[1].semilogy(v["t"], v["mse"], "o-")
+    ax[1].set(xlabel="timestep t", ylabel="MSE (log scale)", title="same, log scale")
+    return fig
+
+
+def fig2(ts, cos, side):
+    """Figure 2: |cos(g_i, mu_t)| of every sample as one pixel of a side x side square, one panel per t."""
+    cols = 3
+    rows = -(-len(ts) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5, 2.45 * rows + 0.6), squeeze=False)
+    for ax in axes.flat[len(ts):]:
+        ax.axis("off")
+    im = None
+    for ax, t, c in zip(axes.flat, ts, cos):
+        im = ax.imshow(np.asarray(c)[:side * side].reshape(side, side), cmap="Reds", vmin=0, vmax=1,
+                       interpolation="nearest")
+        ax.set(title=f"t = {t}", xticks=[], yticks=[])
+        ax.grid(False)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label=r"$|\cos(g_i, \mu_t)|$", shrink=0.8)
+    fig.suptitle("Fig. 2: per-sample gradient vs mean gradient (one pixel per sample)")
+    return fig
+
+
+def fig6(by_arch):
+    """Figure 6: top-5 eigenvalues (top row) and r_t (bottom row) of each model ({name: values}), one column each."""
+    have = list(by_arch)
+    fig, ax = plt.subplots(2, len(have), figsize=(4.4 * len(have), 6.4), squeeze=False)
+    r_max = 1.1 * max(max(by_arch[a]["r"]) for a in have)
+    lam_lim = [min(np.min(by_arch[a]["lam"]) for a in have) / 2, 2 * max(np.max(by_arch[a]["lam"]) for a in have)]
+    for j, a in enumerate(have):
+        w = by_arch[a]
+        lam = np.array(w["lam"])
+        for i in range(lam.shape[1]):
+            ax[0, j].semilogy(w["t"], lam[:, i], "o-", label=rf"$\lambda_{i + 1}$")
+        ax[0, j].set(title=f"{a} (P = {w['params']:,}): top-5 eigenvalues", xlabel="timestep t",
+                     ylabel="eigenvalue (log scale)", ylim=lam_lim)
+        ax[1, j].plot(w["t"], w["r"], "o-")
+        ax[1, j].set(title=rf"{a}: $r_t = \lambda_2/\lambda_1$", xlabel="timestep t", ylabel=r"$r_t$", ylim=(0, r_max))
+    ax[0, 0].legend(ncol=2)
+    return fig
+
+
+def appendix_c(shares, n_vae):
+    """Appendix C: share of the top Fisher eigenvalue in the trace for the VAEs (first n_vae entries of
+    {label: share}) and the DDPM at each timestep, with the paper's values as lines."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.bar(range(len(shares)), [100 * s for s in shares.values()], color=["C1"] * n_vae + ["C0"] * (len(shares) - n_vae))
+    for (label, val), (ls, col) in zip(PAPER_APPC.items(), ((":", "C1"), ("--", "C1"), ("-.", "C0"))):
+        ax.axhline(val, ls=ls, color=col, label=f"paper: {label}")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=9, frameon=False)
+    ax.set_xticks(range(len(shares)), list(shares), rotation=30, ha="right")
+    ax.set(ylabel=r"$\lambda_1 / \sum_i \lambda_i$ (%)", ylim=(0, 105))
+    ax.set_title("App. C: share of the top Fisher eigenvalue", pad=26)
+    return fig
 
 
 def loss_curve(values, loss_curve_array):

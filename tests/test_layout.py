@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "rank1lib"
 
 # Lowest first. A module may import from its own layer or any layer below it, never from above.
 LAYERS = [
-    {"store", "distributed", "plots", "mnist_wheel"},                                     # plumbing
+    {"store", "distributed", "plots", "mnist_wheel", "paper"},                                     # plumbing
     {"data", "models", "diffusion", "curvature", "curvature.engines", "curvature.hooks",
      "curvature.statistics", "curvature.spectrum", "curvature.penalties"},              # concepts
     {"fisher", "train", "replay", "fid", "vae", "profiles", "registry"},                  # the book's adapters, tiers

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, diffusion, distributed, fisher, store, vae
+from . import data, diffusion, distributed, fisher, seeds, store, vae
 from .curvature import cosine_matrix
 from .models import build_unet, n_params
 from .profiles import Config, set_args
@@ -163,7 +163,7 @@ def spectrum_compute(net, x, y, n_samples, timesteps, seed, progress=True, k=5):
     """Per-t Fisher statistics (Fig. 2, 3, 6) through the Gram matrix, and cosines of mu_t (Fig. 3a)."""
     rows, mus = [], []
     for t in timesteps:
-        s, mu = fisher.fisher_at_t(net, x, y, n_samples, t, seed * 1000 + t, k=k, chunk=32, progress=progress)
+        s, mu = fisher.fisher_at_t(net, x, y, n_samples, t, seeds.timestep(seed, t), k=k, chunk=32, progress=progress)
         rows.append(s)
         mus.append(mu)
     keys = ("r", "share", "fro", "trace", "err_diag", "err_rank1", "err_best_rank1", "c_star", "mu_norm")

@@ -24,7 +24,7 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from . import data, distributed, fid, fisher, replay, store
+from . import data, distributed, fid, fisher, replay, seeds, store
 from .curvature import Rank1EWC, TaskStats, make_penalty
 from .diffusion import ddim_sample
 from .models import build_unet, n_params
@@ -181,7 +181,7 @@ class Evaluator:
         ref, mu, sigma = self.ref_features(i)
         return fid.frechet_distance(mu, sigma, feats2=feats), fid.kid(ref, feats)
 
-    def row(self, model, k, partial=None, seed=10_000):
+    def row(self, model, k, partial=None, seed=seeds.FID_SAMPLING):
         """{"fid": [FID_i(m_k)], "kid": [KID_i(m_k)]} for tasks i = 0..k. Each task's images have their own
         seed, so with `partial` (a JSON path) every finished task is saved at once and a rerun after an
         interruption computes only the missing tasks, with the same numbers; the file goes when the row is done."""
@@ -281,7 +281,7 @@ def train_task(net, x, y, cfg, d, seed, k, extra, desc, stop_after, device, prog
     level = dlog.get_verbosity()
     dlog.set_verbosity_error()  # from_pretrained's note about `accelerate` on every checkpoint load
     try:
-        out = train(net, x, y, step_settings(cfg), steps=steps, seed=seed * 1_000 + k, ckpt_dir=d / "ckpt",
+        out = train(net, x, y, step_settings(cfg), steps=steps, seed=seeds.task(seed, k), ckpt_dir=d / "ckpt",
                     extra_loss=extra, desc=desc, stop_after=stop_after, progress=progress, device=device,
                     final_opt=False)  # the next task starts a fresh Adam: a finished task keeps no Adam state
     finally:
@@ -352,7 +352,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
                 break
             if kind:
                 st = cached(d / f"stats-{stat_name(cfg, kind)}.pt",
-                            lambda: kind_statistics(kind, net, x, y, cfg, seed * 1_000 + k))
+                            lambda: kind_statistics(kind, net, x, y, cfg, seeds.task(seed, k)))
                 add_to_penalty(pen, kind, net, st)
             if gd:
                 classes = [c for t in tasks[:k + 1] for c in t]
@@ -360,7 +360,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
                 part = d / f"{name}.part.pt"
                 pool = cached(d / f"{name}.pt",
                               lambda: replay.make_pool(net, classes, cfg.replay_per_class, cfg.ddim_steps,
-                                                       seed * 1_000 + k, cfg.sample_batch,
+                                                       seeds.task(seed, k), cfg.sample_batch,
                                                        amp_on(cfg.amp, device), progress, part))
                 replay.rank_file(part).unlink(missing_ok=True)
                 distill = replay.Distillation(replay.frozen_copy(net), pool[0], pool[1], cfg.batch_size)

@@ -10,6 +10,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm.auto import tqdm
 
+from . import seeds
+
 T = 1000
 
 
@@ -94,7 +96,7 @@ def ddim_sample(model, labels, steps=50, seed=0, batch_size=256, channels=None, 
     todo = [b for b in distributed.mine(range(n_batches)) if b not in out]
     for b in tqdm(todo, desc="DDIM", disable=not progress, leave=False):
         y = labels[b * batch_size:(b + 1) * batch_size].to(device)
-        g = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + b)
+        g = torch.Generator(device="cpu").manual_seed(seeds.stream(seed, b))
         x = torch.randn((len(y), c, size, size), generator=g).to(device)
         start = 0
         if resume is not None and int(resume[0]) == b:

@@ -12,7 +12,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from . import diffusion
+from . import diffusion, seeds
 from .curvature.engines import _adds_up, _selected, default_block_bytes, full_precision, per_sample_gradients, resolve_method
 from .curvature.spectrum import spectrum_from_gram
 from .curvature.statistics import diagonal_fisher, rank_k_fisher, task_statistics
@@ -286,8 +286,8 @@ def rank_k_pairs(model, x0_uint8, y, k, iters, n_samples, seed, chunk=32):
     fresh joint samples (x0, t, eps) of n_samples per iteration: curvature.rank_k_fisher with the
     book's diffusion loss. Returns V (P, k) float32 with orthonormal columns and s (k,) decreasing."""
 
-    def draw(it):  # iteration it: a fresh sample; the final Rayleigh-Ritz step: sample seed * 1000
-        return book_batches(model, x0_uint8, y, n_samples, seed * 1_000 + (it + 1 if it < iters else 0), chunk)
+    def draw(it):  # iteration it: a fresh sample; the final Rayleigh-Ritz step: seeds.task(seed)
+        return book_batches(model, x0_uint8, y, n_samples, seeds.power_iteration(seed, it, iters), chunk)
     with grad_mode(model):
         loss = diffusion_loss(diffusion.alpha_bar(next(model.parameters()).device))
         return rank_k_fisher(model, loss, draw, k, iters, seed)

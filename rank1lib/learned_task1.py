@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from . import continual, data, replay, store
+from . import continual, data, replay, seeds, store
 from .continual import Evaluator, add_to_penalty, cached, combine, eval_tag, method_penalty, stat_name, step_settings
 from .models import build_unet
 from .profiles import Config, set_args
@@ -44,7 +44,7 @@ def root(cfg, dataset, seed):
 def fid_rows(ev, net, k, d, tag):
     """{"fid": [[FID_i] per sampling seed], "kid": [...]} over tasks i = 0..k (each cached in d)."""
     rows = [cached(d / f"eval-{tag}-fs{s}-{eval_tag(ev.cfg)}.json",
-                   lambda s=s: ev.row(net, k, seed=10_000 + 1_000 * s), as_json=True) for s in FID_SEEDS]
+                   lambda s=s: ev.row(net, k, seed=seeds.fid_sampling(s)), as_json=True) for s in FID_SEEDS]
     return {"fid": [r["fid"] for r in rows], "kid": [r["kid"] for r in rows]}
 
 
@@ -67,7 +67,7 @@ def learn_task1(cfg, dataset, seed, device, progress=True):
     for p in task1_points(cfg, continual.cl_steps(cfg, len(x))):
         snap = snapshots(d / "snapshots").get(p)
         if snap is None:  # continues the checkpoint of the last point exactly
-            train(net, x, y, step_settings(cfg), steps=p, seed=seed * 1_000, ckpt_dir=d / "ckpt",
+            train(net, x, y, step_settings(cfg), steps=p, seed=seeds.task(seed), ckpt_dir=d / "ckpt",
                   desc=f"task 1 to {p} steps", progress=progress, device=device,
                   snapshot_dir=d / "snapshots", snapshot_at={p})
         else:
@@ -95,21 +95,21 @@ def task2(cfg, dataset, seed, method, net1, d1, steps, device, progress=True):
     pen = method_penalty(kind, cfg.lam) if kind else None
     if kind:
         st = cached(d1 / f"stats-{stat_name(cfg, kind)}.pt",
-                    lambda: continual.kind_statistics(kind, net1, x1, y1, cfg, seed * 1_000))
+                    lambda: continual.kind_statistics(kind, net1, x1, y1, cfg, seeds.task(seed)))
         add_to_penalty(pen, kind, net1, st)
     distill = None
     if gd:
         name = f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}"
         part = d1 / f"{name}.part.pt"
         pool = cached(d1 / f"{name}.pt", lambda: replay.make_pool(
-            net1, tasks[0], cfg.replay_per_class, cfg.ddim_steps, seed * 1_000, cfg.sample_batch,
+            net1, tasks[0], cfg.replay_per_class, cfg.ddim_steps, seeds.task(seed), cfg.sample_batch,
             amp_on(cfg.amp, device), progress, part))
         replay.rank_file(part).unlink(missing_ok=True)
         distill = replay.Distillation(replay.frozen_copy(net1), pool[0], pool[1], cfg.batch_size)
     net = copy.deepcopy(net1).train()
     d = root(cfg, dataset, seed) / continual.lineage(cfg, method, 1) / "task2"
     d.mkdir(parents=True, exist_ok=True)
-    out = train(net, x2, y2, step_settings(cfg), steps=steps, seed=seed * 1_000 + 1, ckpt_dir=d / "ckpt",
+    out = train(net, x2, y2, step_settings(cfg), steps=steps, seed=seeds.task(seed, 1), ckpt_dir=d / "ckpt",
                 extra_loss=combine(pen, distill), desc=f"{method} task 2", progress=progress, device=device,
                 final_opt=False)
     return fid_rows(Evaluator(cfg, ds, device), net.eval(), 1, d, "after"), out.get("train_seconds")

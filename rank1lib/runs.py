@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from . import continual, paper, store
+from . import continual, paper, seeds, store
 from .continual import TABLE1
 from .profiles import set_args
 from .registry import experiment
@@ -123,7 +123,7 @@ def fid_resize(cfg, dataset=None, seed=0, progress=True):
             if ds == datasets[0] and task1.exists():  # the same images as the 5-task runs' task-1 row
                 from diffusers import UNet2DModel
                 net = UNet2DModel.from_pretrained(task1).to(device).eval()
-                im = ddim_sample(net, evs["bilinear"].reference(0)[1], steps=dcfg.ddim_steps, seed=10_000,
+                im = ddim_sample(net, evs["bilinear"].reference(0)[1], steps=dcfg.ddim_steps, seed=seeds.FID_SAMPLING,
                                  batch_size=dcfg.sample_batch, progress=progress, amp=amp_on(dcfg.amp, device))
                 for r, ev in evs.items():
                     row[f"task1_model_{r}"] = ev.scores(0, fid.features(ev.metric, im))[0]

@@ -17,7 +17,7 @@ import torch
 from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import distributed, seeds
 from .diffusion import T, alpha_bar, loss_simple, to_model_range
 from .store import HOME, device_name, results_root
 
@@ -320,7 +320,7 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
             for step in bar:
                 epoch = step // per_epoch
                 if epoch != perm_epoch:
-                    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+                    g = torch.Generator().manual_seed(seeds.stream(seed, epoch))
                     perm, perm_epoch = torch.randperm(n, generator=g).to(device), epoch
                 torch.manual_seed(seed * 7_919 + step * 104_729 + 1)
                 idx = perm[(step % per_epoch) * b:(step % per_epoch + 1) * b]

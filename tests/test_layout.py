@@ -8,13 +8,13 @@ PKG = Path(__file__).resolve().parents[1] / "rank1lib"
 
 # Lowest first. A module may import from its own layer or any layer below it, never from above.
 LAYERS = [
-    {"store", "distributed", "plots", "mnist_wheel", "paper"},                                     # plumbing
+    {"store", "distributed", "plots", "mnist_wheel", "paper", "seeds"},                                     # plumbing
     {"data", "models", "diffusion", "curvature", "curvature.engines", "curvature.hooks",
      "curvature.statistics", "curvature.spectrum", "curvature.penalties"},              # concepts
     {"fisher", "train", "replay", "fid", "vae", "profiles", "registry"},                  # the book's adapters, tiers
     {"continual", "analysis", "trajectory", "experiments", "study", "learned_task1", "runs",
      "peers"},                                                                             # experiments
-    {"scales", "claims", "status", "provenance", "bench", "bench_fisher", "bench_train", "bench_peers", "spectrum_figures",
+    {"scales", "claims", "status", "provenance", "bench", "bench_fisher", "bench_train", "bench_peers", "spectrum_figures", "continual_figures",
      "campaign"},  # reports, orchestration
     {"book", "__main__", "__init__"},                                                     # entry points
 ]

@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 PROFILE ?= cpu
 CHAPTERS := $(sort $(wildcard book/[0-9]*.ipynb))
 EXEC_DIR := _build/executed/$(PROFILE)
+# A warning (a broken reference, a missing figure, a bad directive) fails the build; STRICT= relaxes it.
+STRICT ?= -W -n --keep-going
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 QUIET_PIP := { grep -v "is ignored: it is neither" || true; }
 
@@ -56,8 +58,8 @@ book: install data mathjax
 	$(PY) -m rank1lib.book execute --profile $(PROFILE) --out $(EXEC_DIR) $(CHAPTERS)
 	$(PY) -m rank1lib.book stage --profile $(PROFILE) --executed $(EXEC_DIR)
 	rm -rf _build/html
-	$(VENV)/bin/jupyter-book build _build/site --path-output _build/site -q > _build/jupyter-book.log 2>&1 || { tail -30 _build/jupyter-book.log; exit 1; }
-	grep -i "warning" _build/jupyter-book.log || true
+	$(VENV)/bin/jupyter-book build _build/site --path-output _build/site $(STRICT) > _build/jupyter-book.log 2>&1 \
+	  || { grep -iE "warning|error" _build/jupyter-book.log | head -30; tail -5 _build/jupyter-book.log; exit 1; }
 	cp -r _build/site/_build/html _build/html
 	@echo "Book built: $$(pwd)/_build/html/index.html"
 

@@ -35,3 +35,29 @@ def show_grid(ax, grid, title=None):
     ax.grid(False)
     if title:
         ax.set_title(title)
+
+
+def task_grids(grids, task_classes, title):
+    """One row per task ({"task<k>": image grid}), labelled with the task's classes."""
+    import matplotlib.pyplot as plt
+    keys = sorted(grids, key=lambda k: int(k[4:]))
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10, 0.75 * len(keys) + 0.6), squeeze=False)
+    for ax, k in zip(axes[:, 0], keys):
+        show_grid(ax, grids[k])
+        ax.set_ylabel(f"task {k[4:]}: {task_classes[int(k[4:]) - 1]}", rotation=0, ha="right", va="center")
+    fig.suptitle(title)
+    return fig
+
+
+def training_run(losses, samples):
+    """Training loss per step with a moving mean (left) and the DDIM samples after training (right)."""
+    import matplotlib.pyplot as plt
+    losses = np.asarray(losses, dtype=float)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
+    a.plot(losses, lw=0.8, alpha=0.5, label="per step")
+    w = max(1, len(losses) // 20)
+    a.plot(range(w - 1, len(losses)), np.convolve(losses, np.ones(w) / w, mode="valid"), lw=2, label=f"mean of {w}")
+    a.set(xlabel="optimiser step", ylabel=r"$\mathcal{L}_{simple}$ (per-pixel mean)", title="training loss", yscale="log")
+    a.legend()
+    show_grid(b, samples, "DDIM samples, one row per class 0-9")
+    return fig

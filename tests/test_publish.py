@@ -5,6 +5,7 @@ Standard library and PyYAML only: these tests read files, they build nothing.
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +68,25 @@ def test_citation_cff_cites_the_software_and_references_the_paper():
 
 def test_license_is_mit():
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+def test_the_strict_build_fails_on_a_broken_reference(tmp_path):
+    """`make book` builds with STRICT (-W -n --keep-going): a page that references a label nobody defines
+    fails the build, and the same page with the label defined passes."""
+    import shutil
+    import subprocess
+    jb = shutil.which("jupyter-book") or str(ROOT / ".venv" / "bin" / "jupyter-book")
+    if not Path(jb).exists():
+        pytest.skip("jupyter-book is not installed (the book extra)")
+    strict = re.search(r"^STRICT \?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    (tmp_path / "_config.yml").write_text("title: t\nonly_build_toc_files: true\nexecute:\n  execute_notebooks: 'off'\n")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: index\n")
+
+    def build(text):
+        (tmp_path / "index.md").write_text(text)
+        shutil.rmtree(tmp_path / "_build", ignore_errors=True)
+        return subprocess.run([jb, "build", str(tmp_path), *strict], capture_output=True, text=True)
+    bad = build("# Index\n\nSee {numref}`fig-nowhere`.\n")
+    assert bad.returncode != 0 and "fig-nowhere" in bad.stdout + bad.stderr
+    good = build("# Index\n\n```{figure} https://example.org/x.png\n:name: fig-here\n\nA caption.\n```\n\nSee {numref}`fig-here`.\n")
+    assert good.returncode == 0, good.stdout[-2000:] + good.stderr[-2000:]

@@ -5,7 +5,6 @@ with every convolution's input made contiguous), BackPACK's BatchGrad, and one b
 model's trainable parameters, or raises; the packages are optional (`pip install -e '.[peers]'`)."""
 import copy
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -126,7 +125,7 @@ def peak_run(engine, arch, n, chunk=64):
     x = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8)
     loss = fisher.diffusion_loss(diffusion.alpha_bar("cpu"))
     batches = fisher.book_batches(net, x, torch.arange(n) % 10, n, 0, chunk)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    before = _hwm_gib()
     t0 = time.perf_counter()
     for b in batches:
         if engine in ("hooks", "vmap"):
@@ -136,7 +135,15 @@ def peak_run(engine, arch, n, chunk=64):
         else:
             gradients(engine, net, loss, b)
     print(json.dumps({"engine": engine, "seconds": time.perf_counter() - t0, "rss_before_gib": before,
-                      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+                      "peak_rss_gib": _hwm_gib()}))
+
+
+def _hwm_gib():
+    """This process's peak resident size (VmHWM, GiB). Not getrusage's ru_maxrss: on Linux that survives
+    execve, so a child started by a large parent reports the parent's peak."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb / 2 ** 20
 
 
 def peak(engine, arch, n, threads=None):

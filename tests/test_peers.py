@@ -84,3 +84,15 @@ def test_forward_mode_products_equal_the_per_sample_gradients_times_v():
     u = directional_jvp(net, loss, batch, None, v)
     want = G @ torch.cat([x.reshape(-1) for x in v]).double()
     assert torch.allclose(u, want, rtol=1e-5, atol=1e-6)
+
+
+def test_peak_memory_is_the_child_process_own():
+    """peers.peak runs the engine in a fresh process and reads that process's own high-water mark; a
+    parent that holds a large array must not show up in the child's numbers (getrusage does that)."""
+    import numpy as np
+    from rank1lib import peers
+    big = np.ones(100_000_000)  # 0.75 GiB held by this process
+    parent = peers._hwm_gib()
+    out = peers.peak("loop", "tiny", 2, threads=1)
+    assert big[-1] == 1.0 and parent > 0.7
+    assert out["rss_before_gib"] < parent - 0.5 and out["peak_rss_gib"] >= out["rss_before_gib"], (parent, out)

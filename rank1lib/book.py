@@ -98,6 +98,24 @@ def placeholder(label, text):
     _glue(label, fig)
 
 
+def keep_table(label, df=None, pending="not stored at this profile"):
+    """Glue a table under `label` for a numbered `{table}` directive further down the page, which holds its
+    caption: the DataFrame as Markdown, or, without one, a one-cell table saying `pending`, so that the
+    label and its cross-references exist at every profile. Outside the book's environment: shown here."""
+    from IPython.display import Markdown, display
+    if df is not None:  # index levels become columns, so a MultiIndex reads as plain columns
+        flat = df.reset_index() if any(n is not None for n in df.index.names) else df
+        text = flat.to_markdown(index=False, disable_numparse=True)  # cells as formatted, e.g. 61.10
+    else:
+        text = f"| status |\n|---|\n| *{pending}* |"
+    try:
+        from myst_nb import glue
+    except ImportError:
+        display(df if df is not None else Markdown(text))
+        return
+    glue(label, Markdown(text), display=False)
+
+
 def _glue(label, fig):
     import matplotlib.pyplot as plt
     try:

@@ -34,3 +34,26 @@ def test_toc_lists_every_chapter():
     files = {c["file"] for part in toc["parts"] for c in part["chapters"]}
     assert {f"book/{p.stem}" for p in NOTEBOOKS} <= files
     assert toc["root"] == "book/intro" and (REPO / "book" / "intro.md").exists()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_numbered_table_and_figure_is_glued_and_every_glue_is_placed(path):
+    """A `{table}`/`{glue:figure}` directive whose key no code cell glues (or a glued key no directive
+    places) is a warning in the strict build; read both sides from the notebook's text."""
+    import re
+    nb = json.loads(path.read_text())
+    md = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    placed = set(re.findall(r"\{glue:(?:md|figure)\} (\S+)", md))
+    tables = re.findall(r"````\{table\}[^\n]*\n:name: (\S+)\n\n```\{glue:md\} (\S+)", md)
+    # a backtick fence's opening line may not contain a backtick (CommonMark): such a caption silently
+    # turns the whole directive into a code block
+    assert not re.findall(r"^````\{table\}.*`", md, re.M), path.name
+    assert all(name == key for name, key in tables), tables
+    glued = set(re.findall(r"""keep_table\(\s*f?["']([^"'{]+)""", code))
+    glued |= set(re.findall(r"""(?:\blabel=|placeholder\(|glue\()\s*f?["']([^"'{]+)""", code))
+    # slots numbered in a loop: keep_table(f"tbl-x-{k + 1}", ...) glues tbl-x-1 and tbl-x-2
+    for stem in re.findall(r"""keep_table\(\s*f["']([^"'{]+)\{k \+ 1\}""", code):
+        glued |= {f"{stem}1", f"{stem}2"}
+    glued = {g for g in glued if not g.endswith("-")}
+    assert placed == glued, (sorted(placed - glued), sorted(glued - placed))

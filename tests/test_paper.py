@@ -25,3 +25,14 @@ def test_table6_and_table3_shapes():
     assert all(len(v) == 2 and v[0] > v[1] > 0 for v in paper.TABLE6.values())
     assert all(h > 0 for h in paper.TABLE3.values()) and ("MNIST", "rank1-gd") in paper.TABLE3
     assert paper.APPENDIX_C["VAE, MSE + KL"] < paper.APPENDIX_C["VAE, MSE + 1e-3 KL"] < paper.APPENDIX_C["DDPM, late t"]
+
+
+def test_figure3_smallest_ratio_is_below_the_bound_at_t100():
+    """Section 3.2: r_t is smallest (0.022 at t = 700) and already below 0.4 at t = 100; the transcribed rows
+    must say the same (the smallest ratio lies under the t = 100 bound, at a later t)."""
+    import re
+    rows = dict(paper.FIGURE3)
+    r_min, t_min = map(float, re.match(r"([\d.]+), at t = (\d+)", rows["smallest r_t = lambda2/lambda1"]).groups())
+    bound = float(re.match(r"< ([\d.]+)", rows["r_t at t = 100"]).group(1))
+    assert r_min < bound and t_min > 100
+    assert list(paper.figure3_table().index) == [q for q, _ in paper.FIGURE3]

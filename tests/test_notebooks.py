@@ -52,8 +52,9 @@ def test_every_numbered_table_and_figure_is_glued_and_every_glue_is_placed(path)
     assert all(name == key for name, key in tables), tables
     glued = set(re.findall(r"""keep_table\(\s*f?["']([^"'{]+)""", code))
     glued |= set(re.findall(r"""(?:\blabel=|placeholder\(|glue\()\s*f?["']([^"'{]+)""", code))
-    # slots numbered in a loop: keep_table(f"tbl-x-{k + 1}", ...) glues tbl-x-1 and tbl-x-2
-    for stem in re.findall(r"""keep_table\(\s*f["']([^"'{]+)\{k \+ 1\}""", code):
-        glued |= {f"{stem}1", f"{stem}2"}
+    # slots numbered in a loop: f"tbl-x-{k + 1}" glues tbl-x-1 and tbl-x-2, f"fig-y-{k + 1}-{j + 1}" four
+    for stem, rest in re.findall(r"""f["']((?:fig|tbl)-[^"'{]+)\{k \+ 1\}([^"']*)["']""", code):
+        for k in (1, 2):
+            glued |= {f"{stem}{k}{rest.replace('{j + 1}', str(j))}" for j in (1, 2)}
     glued = {g for g in glued if not g.endswith("-")}
     assert placed == glued, (sorted(placed - glued), sorted(glued - placed))

@@ -45,14 +45,26 @@ def _stack(model, attr, n):
     return torch.cat([getattr(p, attr).reshape(n, -1).float() for _, p in _trainable(model)], dim=1)
 
 
+def train_mode_copy(model):
+    """A copy of the model in train mode (what opacus needs to record anything) whose dropout layers stay in
+    eval mode, so that it computes the same deterministic function as the model in eval mode."""
+    m = copy.deepcopy(model).train()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.dropout._DropoutNd):
+            mod.eval()
+    return m
+
+
 def opacus_gradients(model, per_sample_loss, batch, contiguous=False):
-    """opacus.GradSampleModule on a copy of the model in train mode (in eval mode it records nothing);
-    `contiguous`: every Conv2d input made contiguous first, the workaround for its channels_last bug."""
+    """opacus.GradSampleModule on a copy of the model in train mode (in eval mode it records nothing) with
+    its dropout layers kept in eval mode, so that the copy computes the same function as the model (the mid
+    UNet has dropout 0.1; train mode alone would compare a different loss); `contiguous`: every Conv2d
+    input made contiguous first, the workaround for its channels_last bug."""
     try:
         import opacus
     except ImportError as e:
         raise PeerUnavailable("opacus is not installed") from e
-    m = copy.deepcopy(model).train()
+    m = train_mode_copy(model)
     if contiguous:
         for mod in m.modules():
             if isinstance(mod, torch.nn.Conv2d):

@@ -96,3 +96,18 @@ def test_peak_memory_is_the_child_process_own():
     out = peers.peak("loop", "tiny", 2, threads=1)
     assert big[-1] == 1.0 and parent > 0.7
     assert out["rss_before_gib"] < parent - 0.5 and out["peak_rss_gib"] >= out["rss_before_gib"], (parent, out)
+
+
+def test_the_train_mode_copy_for_opacus_computes_the_models_function():
+    """opacus records per-sample gradients only in train mode; the copy it gets must still compute what the
+    model computes in eval mode (dropout off), or every peer gradient differs from the reference (the mid
+    UNet has dropout 0.1). Reference: the eval-mode model itself."""
+    from rank1lib import peers
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.5), torch.nn.ReLU(),
+                              torch.nn.Dropout2d(0.5), torch.nn.Linear(16, 2)).eval()
+    x = torch.randn(32, 8)
+    m = peers.train_mode_copy(net)
+    assert torch.equal(m(x), net(x))
+    assert m[0].training and m[4].training and not m[1].training and not m[3].training
+    assert not net[0].training  # the model itself is untouched

@@ -35,9 +35,10 @@ def analysis_data(cfg, name):
 
 
 def second_dataset_cfg(cfg, name):
-    """The profile for the analysis on a second dataset. At the cpu tier a class-balanced subset of
-    400 images per class (mnist-5k's training size), so the run has the same optimiser step count."""
-    over = {"dataset": name} | ({"train_per_class": 400} if cfg.name == "cpu" else {})
+    """The profile for the analysis on a second dataset: a class-balanced subset of the profile's
+    `second_dataset_per_class` images per class where it is set (the cpu tier: 400, mnist-5k's training
+    size, so the run has the same optimiser step count)."""
+    over = {"dataset": name} | ({"train_per_class": cfg.second_dataset_per_class} if cfg.second_dataset_per_class else {})
     return Config(cfg, **over)
 
 

@@ -180,15 +180,16 @@ def study_items(cfg) -> list:
 
 
 def table1_items(cfg) -> list:
-    """Table 1 at this tier (issue 10), in its priority order: mnist-5k seed 0 with all eight methods,
-    Rank-1 + GD at the other study.LAMBDAS (the sweep that chooses lambda), fmnist seed 0, mnist-5k
+    """Table 1 at this tier, in its priority order: the profile's dataset, seed 0, with all eight methods,
+    Rank-1 + GD at the other study.LAMBDAS (the sweep that chooses lambda), the tier's further datasets
+    (cl_datasets after the first, at their tier_seeds; cpu: fmnist seed 0), the profile's dataset
     seeds 1 and 2 for the Table-1 methods, then Diag + GD at the other lambdas (the rest of the sweep).
     Blocked until the profile's `model` and `epochs` are the network study's choice (study.choose), and
     the later ones until its `lam` is the sweep's (study.choose_lam), so that no run uses settings that
     were not measured."""
     from . import study
     from .continual import METHODS, TABLE1
-    from .runs import cl_item
+    from .runs import cl_item, tier_datasets, tier_seeds
     recs = study.stored(cfg, cfg.dataset)
     blocked = ""
     if len(recs) < len(study.CANDIDATES):
@@ -219,7 +220,8 @@ def table1_items(cfg) -> list:
 
     out = [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0 (Table 1)") for m in METHODS]
     out += sweep("rank1-gd")
-    out += [item("fmnist", 0, m, f"{m} on fmnist, seed 0 (Table 1)", why=lam_block) for m in METHODS]
+    out += [item(ds, s, m, f"{m} on {ds}, seed {s} (Table 1)", why=lam_block)
+            for ds in tier_datasets(cfg)[1:] for s in tier_seeds(cfg, ds) for m in METHODS]
     out += [item(cfg.dataset, s, m, f"{m} on {cfg.dataset}, seed {s} (Table 1)", why=lam_block)
             for s in cfg.seeds if s for m in TABLE1]
     return out + [i for m in study.SWEEP_METHODS if m != "rank1-gd" for i in sweep(m)]

@@ -23,13 +23,15 @@ PAPER_T1, PAPER_T3, PAPER_T5, PAPER_T6 = paper.TABLE1, paper.TABLE3, paper.TABLE
 
 
 def dataset_cfg(cfg, dataset):
-    """The profile for continual runs on `dataset`. At the cpu tier Fashion-MNIST uses a class-balanced
-    subset of 400 training images per class (mnist-5k's size, as in the Fisher chapters) and 100 test
-    images per class for FID (200 per task, as mnist-5k), where the profile says 0 (= all)."""
+    """The profile for continual runs on `dataset`. The tier's further continual-learning datasets (its
+    cl_datasets after the first) use class-balanced subsets of cl_other_train_per_class training and
+    cl_other_fid_per_class test images per class where those are set and the profile says 0 (= all):
+    at the cpu tier Fashion-MNIST with 400 and 100, mnist-5k's sizes."""
     from .profiles import Config
-    if cfg.name == "cpu" and dataset == "fmnist":
-        over = {"train_per_class": 400, "fid_per_class": 100}
-        return Config(cfg, **{k: v for k, v in over.items() if cfg[k] == 0})
+    if dataset in cfg.cl_datasets[1:]:
+        over = {"train_per_class": cfg.cl_other_train_per_class, "fid_per_class": cfg.cl_other_fid_per_class}
+        over = {k: v for k, v in over.items() if v and cfg[k] == 0}
+        return Config(cfg, **over) if over else cfg
     return cfg
 
 
@@ -44,8 +46,11 @@ def cl_item(dataset, seed, method, lam=None) -> str:
 
 
 def tier_seeds(cfg, dataset):
-    """Seeds the profile runs on `dataset`: the cpu tier runs Fashion-MNIST on the first seed only."""
-    return list(cfg.seeds[:1] if cfg.name == "cpu" and dataset == "fmnist" else cfg.seeds)
+    """Seeds the profile runs on `dataset`: the first cl_other_seeds of them on the tier's further
+    continual-learning datasets where that is set (the cpu tier: Fashion-MNIST on seed 0 only), else all."""
+    if dataset in cfg.cl_datasets[1:] and cfg.cl_other_seeds:
+        return list(cfg.seeds[:cfg.cl_other_seeds])
+    return list(cfg.seeds)
 
 
 def partial_note(cfg, dataset, part, later=None):

@@ -281,12 +281,21 @@ def test_devices_give_one_worker_per_gpu_each_item_on_its_own(tmp_store, monkeyp
     assert sorted(e["device"] for e in ledger) == ["0", "1"]
 
 
+def campaign_methods():
+    from rank1lib.continual import METHODS
+    return list(METHODS)
+
+
 def test_table1_items_wait_for_the_network_study_and_its_choice(tmp_store, monkeypatch):
     from rank1lib import campaign, study
     cfg = load_profile("ci")
     items = campaign.table1_items(cfg)
-    # ci has seed 0 only: 8 methods on mnist-5k, 2 methods x 2 other lambdas, 8 methods on fmnist
-    assert len(items) == 8 + 4 + 8 and all("network study" in i.blocked for i in items)
+    # ci has seed 0 only and one continual-learning dataset: 8 methods on mnist-5k, 2 methods x 2 other lambdas
+    assert len(items) == 8 + 4 and all("network study" in i.blocked for i in items)
+    # a further dataset in cl_datasets adds its methods at its tier seeds (cl_other_seeds of the profile's)
+    two = campaign.table1_items(load_profile("ci", cl_datasets=["mnist-5k", "fmnist"], seeds=[0, 1], cl_other_seeds=1))
+    fm = [i.key for i in two if i.dataset == "fmnist"]
+    assert fm == [f"cl-fmnist-s0-{m}" for m in campaign_methods()] and len(two) == 8 + 4 + 8 + 6
     assert campaign.item_status(cfg, items[0])["state"] == "blocked"
 
     class Rec(dict):
@@ -297,7 +306,7 @@ def test_table1_items_wait_for_the_network_study_and_its_choice(tmp_store, monke
     # best 40 -> within 60: base (20 s) and mid (99 s); base is cheaper -> model base, 3 epochs per task
     blocked = campaign.table1_items(cfg)[0].blocked
     assert "model=base, epochs=3" in blocked and "now tiny, 1" in blocked
-    ok = load_profile("ci", model="base", epochs=3)
+    ok = load_profile("ci", model="base", epochs=3, cl_datasets=["mnist-5k", "fmnist"])
     items = campaign.table1_items(ok)
     # mnist-5k (8), the Rank-1 + GD sweep that chooses lambda (2), fmnist (8, waiting), Diag + GD's sweep (2)
     assert not any(i.blocked for i in items[:10] + items[18:])

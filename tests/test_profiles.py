@@ -73,3 +73,20 @@ def test_cpu_continual_settings_are_the_stored_bench_decision_for_its_model():
     adopted = rec["values"]["summary"]["models"][cfg.model]["adopt"]
     assert (cfg.cl_amp, cfg.cl_compile) == VARIANTS[adopted]
     assert (cfg.amp, cfg.compile) == ("off", "off")  # the Fisher analysis and the study stay fp32 eager
+
+
+def test_the_tiers_further_datasets_are_declared_in_the_profile_not_by_name():
+    """cl_other_* and second_dataset_per_class say how the tier subsets its further datasets: the cpu tier's
+    Fashion-MNIST runs use 400 training and 100 test images per class on seed 0 only (mnist-5k's sizes); the
+    same keys on another profile do the same, and a profile without them leaves every dataset whole."""
+    from rank1lib import analysis, runs
+    cpu = load_profile("cpu")
+    fm = runs.dataset_cfg(cpu, "fmnist")
+    assert (fm.train_per_class, fm.fid_per_class) == (400, 100) and runs.tier_seeds(cpu, "fmnist") == cpu.seeds[:1]
+    assert runs.dataset_cfg(cpu, "mnist-5k") is cpu and runs.tier_seeds(cpu, "mnist-5k") == list(cpu.seeds)
+    assert analysis.second_dataset_cfg(cpu, "fmnist").train_per_class == 400
+    ci = load_profile("ci")
+    assert runs.dataset_cfg(ci, "fmnist") is ci and analysis.second_dataset_cfg(ci, "fmnist").train_per_class == ci.train_per_class
+    like = load_profile("ci", cl_datasets=["mnist-5k", "cifar10"], cl_other_train_per_class=7, seeds=[3, 4],
+                        cl_other_seeds=1, train_per_class=0)
+    assert runs.dataset_cfg(like, "cifar10").train_per_class == 7 and runs.tier_seeds(like, "cifar10") == [3]

@@ -22,6 +22,9 @@ def test_task1_stops_at_the_first_learned_point_and_task2_trains_as_long(tmp_sto
     assert t1["steps"] == chosen and t1["learned"] is learned
     assert [p["step"] for p in t1["curve"]] == [4, 8][:[4, 8].index(chosen) + 1]
     assert all(len(p["fid"]) == len(lt.FID_SEEDS) for p in t1["curve"])
+    import torch  # a final task 1 keeps no optimiser state (the methods start from its snapshot, fresh Adam)
+    last = torch.load(lt.root(cfg, "mnist-5k", 0) / "task1" / "ckpt" / "last" / "trainer.pt", weights_only=False)
+    assert last["opt"] is None and last["step"] == chosen
     r = lt.learned_task1(cfg, "mnist-5k", 0, "gd", progress=False).values
     assert r["steps"] == chosen and r["fid_task1_before"] == t1["curve"][-1]["fid"]
     after, second = np.array(r["fid_task1_after"]), np.array(r["fid_task2"])

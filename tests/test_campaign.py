@@ -185,7 +185,7 @@ def test_cli_only_profile_is_pending_in_notebooks(tmp_store):
 
 
 def test_campaign_status_follows_the_store(tmp_store):
-    from rank1lib import campaign, runs
+    from rank1lib import campaign
     cfg = load_profile("ci")
     items = {i.key: i for i in campaign.fisher_items(cfg)}
     vae = items["vae"]
@@ -199,7 +199,7 @@ def test_campaign_status_follows_the_store(tmp_store):
 
 
 def test_campaign_runs_an_item_in_a_child_process_and_logs_it(tmp_store):
-    from rank1lib import campaign, runs
+    from rank1lib import campaign
     assert campaign.campaign("ci", hours=0.2, jobs=1, threads=1, only=["vae"], log_dir=tmp_store / "logs") == 0
     cfg = load_profile("ci")
     vae = [i for i in campaign.fisher_items(cfg) if i.key == "vae"][0]
@@ -248,7 +248,7 @@ def test_longer_run_continues_a_shorter_one_exactly(tmp_store, monkeypatch):
 def record_item_commands(monkeypatch, on_item):
     """Item commands go to on_item(argv, kw) instead of running (it returns nothing); anything else
     the campaign starts (git) runs."""
-    from rank1lib import campaign, runs
+    from rank1lib import campaign
     real_popen = campaign.subprocess.Popen
 
     class FakeProc:
@@ -267,7 +267,7 @@ def record_item_commands(monkeypatch, on_item):
 
 def test_devices_give_one_worker_per_gpu_each_item_on_its_own(tmp_store, monkeypatch):
     """`campaign --devices 0,1`: two workers, and every child process of an item sees only its GPU."""
-    from rank1lib import campaign, runs
+    from rank1lib import campaign
     seen = []
 
     def on_item(argv, kw):
@@ -325,7 +325,7 @@ def test_table1_items_wait_for_the_network_study_and_its_choice(tmp_store, monke
 def test_gpu_tier_runs_in_short_steps_and_skips_what_does_not_fit(tmp_store, monkeypatch, capsys):
     """`campaign --profile gpu --minutes M`: an item whose measured time exceeds M is not started; one
     that fits is run (its command recorded here, not executed: no GPU in the tests)."""
-    from rank1lib import campaign, runs
+    from rank1lib import campaign
     cfg = load_profile("gpu")
     items = campaign.all_items(cfg)
     assert items and all(i.minutes and len(i.cmds) == 1 for i in items)
@@ -342,7 +342,7 @@ def test_gpu_tier_runs_in_short_steps_and_skips_what_does_not_fit(tmp_store, mon
 def test_a_study_item_with_committed_state_is_partial_with_what_is_left(tmp_store):
     """A network-study item that trained part-way and evaluated some A-FID points shows as partial, and
     its estimate counts only the steps and points still to do (hand-computed from the constants)."""
-    from rank1lib import campaign, runs
+    from rank1lib import campaign
     from rank1lib.continual import eval_tag
     from rank1lib.study import study_dir
     cfg = load_profile("cpu")
@@ -365,7 +365,7 @@ def test_a_continual_item_counts_only_the_task_steps_still_to_run(tmp_store):
     """A Table-1 item resumes from its task folders: the status shows the steps done over all tasks and
     its estimate counts only the steps (a distillation step GD_COST plain ones), FID images and replay
     images still to make (hand-computed: mnist-5k has 100 held-out images per class, replay 500 per class)."""
-    from rank1lib import campaign, runs
+    from rank1lib import campaign
     from rank1lib.continual import eval_tag, task_dirs
     cfg = load_profile("cpu")
     items = {i.key: i for i in campaign.table1_items(cfg)}
@@ -399,7 +399,7 @@ def test_a_continual_item_counts_only_the_task_steps_still_to_run(tmp_store):
 def test_only_and_skip_select_items_by_glob():
     """--skip '*-gd*' leaves exactly the Table-1 runs without distillation (checked against each item's
     --method); --only takes globs and exact names; a pattern that matches nothing is an error."""
-    from rank1lib import campaign, runs
+    from rank1lib import campaign
     items = campaign.all_items(load_profile("cpu"))
     method = {i.key: i.cmds[0].method for i in items}
     kept = {i.key for i in campaign.select_items(items, skip=["*-gd*"])}
@@ -487,7 +487,7 @@ def test_paper_budget_items_follow_the_issue_order_and_train_200_epochs_of_full_
     """The paper's budget: base-resnet on mnist-5k first, then base and base-resnet on full MNIST (60,000
     images, 200 epochs at batch 128 = 200 x ceil(60000 / 128) steps, snapshots meeting the mnist-5k run at
     6,400 steps), then Small-3 and Small-1; all before the lowest-priority base-s0-x4."""
-    from rank1lib import campaign, runs
+    from rank1lib import campaign
     from rank1lib.analysis import analysis_dir
     from rank1lib.train import steps_for
     cfg = load_profile("cpu")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rank1lib import continual, fid, store
+from rank1lib import continual, fid
 from rank1lib.profiles import load_profile
 
 # 2 Adam steps per task, FID on raw pixels (the Inception path is tested in test_fid.py)
@@ -262,7 +262,7 @@ def test_table1_mean_se_and_floor_row_by_hand():
 def test_table3_hours_images_per_second_and_campaign_wall():
     """runs.table3 by hand: optimiser hours and images/s from task_train_seconds, '—' for records stored
     before those were kept, the campaign's wall summed over sittings (campaign.wall_by_item)."""
-    from rank1lib import campaign, runs, store
+    from rank1lib import runs, store
 
     def rec(seed, seconds, steps, new=True):
         v = {"seed": seed, "task_steps": steps, "train_seconds": float(sum(seconds)), "task_seconds": seconds}

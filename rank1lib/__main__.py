@@ -68,7 +68,7 @@ def cmd_run(args):
 
 def cmd_fetch(args):
     data.check_name(args.dataset)
-    ds = data.load(args.dataset, download=True)
+    ds = data.load_images(args.dataset, download=True)
     print(f"{args.dataset}: {len(ds.train_x)} train / {len(ds.test_x)} test images from {ds.source}")
 
 

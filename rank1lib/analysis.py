@@ -28,7 +28,7 @@ PAPER = {  # numbers the paper reports (sec. 3.2, app. C, app. D.1), shown besid
 
 def analysis_data(cfg, name):
     """All classes of the training split (first train_per_class per class when set)."""
-    ds = data.load(name)
+    ds = data.load_images(name)
     spec = data.SPECS[name]
     return data.task_data(ds, 0, "train", per_class=cfg.train_per_class or None,
                           classes=list(range(spec.num_classes)))

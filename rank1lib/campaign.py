@@ -190,7 +190,7 @@ def table1_items(cfg) -> list:
     from . import study
     from .continual import METHODS, TABLE1
     from .runs import cl_item, tier_datasets, tier_seeds
-    recs = study.stored(cfg, cfg.dataset)
+    recs = study.stored_candidates(cfg, cfg.dataset)
     blocked = ""
     if len(recs) < len(study.CANDIDATES):
         blocked = "waits for the network study (cl-study items)"

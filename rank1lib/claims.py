@@ -419,11 +419,11 @@ def _cl_datasets(cfg) -> list:
 
 def _cl(cfg, dataset, methods):
     """{method: [records]} over the seeds stored for every method (seed 0 required), or None."""
-    from .runs import stored
-    seeds = [s for s in cfg.seeds if all(stored(cfg, dataset, [m], [s]) for m in methods)]
+    from .runs import stored_runs
+    seeds = [s for s in cfg.seeds if all(stored_runs(cfg, dataset, [m], [s]) for m in methods)]
     if 0 not in seeds:
         return None
-    return stored(cfg, dataset, methods, seeds)
+    return stored_runs(cfg, dataset, methods, seeds)
 
 
 def _mean(recs, key, first=False):
@@ -513,7 +513,7 @@ def _c12(cfg):
 
 def _c8b(cfg):
     from . import learned_task1 as lt
-    recs = lt.stored(cfg, _cl_datasets(cfg)[0], runs=(("gd", None), ("rank1-gd", None)))
+    recs = lt.stored_runs(cfg, _cl_datasets(cfg)[0], runs=(("gd", None), ("rank1-gd", None)))
     if len(recs) < 3:
         return None
     g, r = recs[("gd", None)].values, recs[("rank1-gd", None)].values
@@ -584,8 +584,8 @@ def ledger(profile) -> list:
         if c.id in CL_PREMISED and row["ours"] is not None:
             row["premise"] = cl_premise(cfg)
         if c.id == "C8b" and row["ours"] is not None:
-            from .learned_task1 import premise
-            row["premise"] = premise(next(r for r in recs if r.values.get("method") is None))
+            from .learned_task1 import task1_learned
+            row["premise"] = task1_learned(next(r for r in recs if r.values.get("method") is None))
         rows.append(row)
     return rows
 

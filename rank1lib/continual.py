@@ -305,7 +305,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
     """One continual-learning run; returns (values, arrays) or None if stopped by stop_at=(task, steps)."""
     check_method(method)
     device = pick_device(device)
-    ds = data.load(dataset)
+    ds = data.load_images(dataset)
     spec = data.SPECS[dataset]
     tasks = data.task_classes(dataset)
     T, per = len(tasks), cfg.train_per_class or None

@@ -234,7 +234,7 @@ def load_imagenet32(root=None, download=False):
 
 
 def available(name, root=None) -> bool:
-    """Whether a dataset's files are present (cheap: nothing is read; `load` checks the contents)."""
+    """Whether a dataset's files are present (cheap: nothing is read; `load_images` checks the contents)."""
     import importlib.util
     check_name(name)
     r = data_root(root)
@@ -252,7 +252,7 @@ def available(name, root=None) -> bool:
 _SETS = {}  # (name, data root) -> ImageSet: a process reads each dataset once (status probes load it often)
 
 
-def load(name, root=None, download=None) -> ImageSet:
+def load_images(name, root=None, download=None) -> ImageSet:
     """Load a dataset by name as uint8 tensors (read once per process; treat them as read-only);
     raises DataMissing with the fetch command."""
     check_name(name)

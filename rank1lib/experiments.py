@@ -22,7 +22,7 @@ def data_overview(cfg, dataset=None, seed=0, per_task=16):
     conf = {"dataset": name, "per_task": per_task}
 
     def compute():
-        ds = data.load(name)
+        ds = data.load_images(name)
         rows = data.split_table(ds)
         grids = {}
         for k in range(len(rows)):
@@ -53,7 +53,7 @@ def train_run(cfg, dataset=None, seed=0, model=None, progress=True):
     device = pick_device()
 
     def compute():
-        ds = data.load(name)
+        ds = data.load_images(name)
         spec = data.SPECS[name]
         x, y = data.task_data(ds, 0, "train", per_class=cfg.train_per_class or None,
                               classes=list(range(spec.num_classes)))

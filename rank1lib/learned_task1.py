@@ -55,7 +55,7 @@ def _joint_fid1(cfg, dataset, seed, progress):
 
 def learn_task1(cfg, dataset, seed, device, progress=True):
     """Task 1 trained to each point until learned: (net at the chosen point, task folder, values)."""
-    ds, spec = data.load(dataset), data.SPECS[dataset]
+    ds, spec = data.load_images(dataset), data.SPECS[dataset]
     x, y = data.task_data(ds, 0, "train", per_class=cfg.train_per_class or None)
     joint = _joint_fid1(cfg, dataset, seed, progress)
     torch.manual_seed(seed)
@@ -88,7 +88,7 @@ def learn_task1(cfg, dataset, seed, device, progress=True):
 def task2(cfg, dataset, seed, method, net1, d1, steps, device, progress=True):
     """Task 2 from the task-1 model under `method` for `steps` steps; the scores over both tasks."""
     kind, gd = continual.RECIPES[method]
-    ds = data.load(dataset)
+    ds = data.load_images(dataset)
     tasks = data.task_classes(dataset)
     per = cfg.train_per_class or None
     x1, y1 = data.task_data(ds, 0, "train", per_class=per)
@@ -168,7 +168,7 @@ def learned_task1(cfg, dataset=None, seed=0, method=None, progress=True):
                                  **store.policy(cfg), command=command)
 
 
-def stored(cfg, dataset, seed=0, runs=RUNS) -> dict:
+def stored_runs(cfg, dataset, seed=0, runs=RUNS) -> dict:
     """{(method, lam): stored record} of the two-task runs, and {(None, None): task 1} (never computed)."""
     out = {}
     for method, lam in ((None, None),) + tuple(runs):
@@ -220,7 +220,7 @@ def collect(cfg, dataset, seed=0) -> dict:
     """What a chapter shows: at a cli_only tier the stored runs (never computed on a page), elsewhere task 1
     and the DECISIVE runs computed here."""
     if cfg.get("cli_only"):
-        return stored(cfg, dataset, seed)
+        return stored_runs(cfg, dataset, seed)
     out = {(None, None): learned_task1(cfg, dataset, seed, progress=False)}
     for method, lam in DECISIVE:
         c = Config(cfg, lam=lam) if lam is not None else cfg
@@ -228,7 +228,7 @@ def collect(cfg, dataset, seed=0) -> dict:
     return out
 
 
-def premise(t1) -> dict:
+def task1_learned(t1) -> dict:
     """Task 1 learned? The stored task-1 record's last point against LEARNED x the joint model's FID."""
     v = t1.values
     fid = float(np.mean(v["curve"][-1]["fid"]))

@@ -121,7 +121,7 @@ def fid_resize(cfg, dataset=None, seed=0, progress=True):
     def compute():
         out = {"datasets": datasets}
         for ds in datasets:
-            dcfg, d = dataset_cfg(cfg, ds), data.load(ds)
+            dcfg, d = dataset_cfg(cfg, ds), data.load_images(ds)
             evs = {r: continual.Evaluator(Config(dcfg, fid_extractor=ex), d, device) for r, ex in RESIZES.items()}
             row = {f"floor_{r}": [ev.floor(i)[0] for i in range(len(ev.tasks))] for r, ev in evs.items()}
             task1 = continual.task_dirs(dcfg, ds, "finetune", seed)[0] / "ckpt" / "last"
@@ -344,7 +344,7 @@ def paper_table1():
     return pd.DataFrame(rows).set_index("method")
 
 
-def stored(cfg, dataset, methods, seeds=None):
+def stored_runs(cfg, dataset, methods, seeds=None):
     """{method: [records]} of runs already in the store (nothing is computed)."""
     out = {}
     cfg = dataset_cfg(cfg, dataset)
@@ -358,7 +358,7 @@ def stored(cfg, dataset, methods, seeds=None):
 
 def stored_later(cfg, dataset):
     """{seed: [Table-1 methods stored]} for the tier's seeds after the first (nothing is computed)."""
-    return {s: list(stored(cfg, dataset, TABLE1, seeds=[s])) for s in tier_seeds(cfg, dataset)[1:]}
+    return {s: list(stored_runs(cfg, dataset, TABLE1, seeds=[s])) for s in tier_seeds(cfg, dataset)[1:]}
 
 
 def by_dataset(cfg, datasets, methods, main=None):
@@ -366,7 +366,7 @@ def by_dataset(cfg, datasets, methods, main=None):
     already collected for cfg.dataset, or None) stands in for the store at cfg.dataset."""
     out = {}
     for d in datasets:
-        recs = main if (d == cfg.dataset and main is not None) else stored(cfg, d, methods, seeds=cfg.seeds[:1])
+        recs = main if (d == cfg.dataset and main is not None) else stored_runs(cfg, d, methods, seeds=cfg.seeds[:1])
         if set(methods) <= set(recs):
             out[d] = {m: recs[m] for m in methods}
     return out

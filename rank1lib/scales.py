@@ -94,7 +94,7 @@ def mean_view(views) -> dict:
     return out
 
 
-def premise(loss_curve, steps) -> dict:
+def near_convergence(loss_curve, steps) -> dict:
     """'Near convergence' (the Fisher claims' premise): the training loss, smoothed over the last 10% of
     steps before each point, changed by less than 5% between step T/2 and step T (the last doubling)."""
     s, loss = np.asarray(loss_curve, dtype=float).T
@@ -115,7 +115,7 @@ def run_premise(rec) -> dict | None:
     """The premise of one stored spectrum record, from its loss curve (None where none is stored)."""
     if rec.arrays is None or "loss_curve" not in rec.arrays:
         return None
-    return premise(rec.arrays["loss_curve"], rec.values["train_steps"])
+    return near_convergence(rec.arrays["loss_curve"], rec.values["train_steps"])
 
 
 NAMES = {"small1": "Small-1 UNet", "small3": "Small-3 UNet", "base": "base UNet",

@@ -69,7 +69,7 @@ def cl_study(cfg, dataset=None, seed=0, progress=True):
 
     def compute():
         device = pick_device()
-        ds = data.load(name)
+        ds = data.load_images(name)
         spec = data.SPECS[name]
         T = len(data.task_classes(name))
         x, y = joint_data(cfg, ds)
@@ -112,7 +112,7 @@ def cl_study(cfg, dataset=None, seed=0, progress=True):
     return rec
 
 
-def stored(cfg, dataset, models=CANDIDATES, seed=0):
+def stored_candidates(cfg, dataset, models=CANDIDATES, seed=0):
     """{model: record} of the candidates already in the store (nothing is computed)."""
     from .profiles import Config
     out = {}
@@ -140,7 +140,7 @@ def choose(recs) -> dict:
 def sweep(cfg, dataset="mnist-5k", seed=0) -> dict:
     """{method: {lam: record}} of the stored lambda-sweep runs (nothing is computed)."""
     from .profiles import Config
-    from .runs import stored as stored_runs
+    from .runs import stored_runs
     out = {}
     for m in SWEEP_METHODS:
         for lam in LAMBDAS:
@@ -232,7 +232,7 @@ def plot(ax, recs, pick=None):
     ax.legend(fontsize=9)
 
 
-def describe(recs, pick) -> str:
+def choice_text(recs, pick) -> str:
     """The choice in one plain paragraph."""
     return (f"Best joint A-FID in the study: {pick['best_a_fid']:.1f}; {pick['eligible']} of {pick['points']} points "
             f"are within {WITHIN}x of it. The cheapest of them is {pick['model']} ({pick['params']:,} parameters) "

@@ -35,7 +35,7 @@ def late_r(row, t):
     return float(r[np.array(t) >= 500].mean())
 
 
-def describe(traj_values, init_values) -> str:
+def mechanism_text(traj_values, init_values) -> str:
     """A plain statement of what the trajectory says about the paper's mechanism (Markdown), from the
     same quantity as claim C13: mean r_t over t >= 500, along training and over re-initialised models."""
     t, rows = traj_values["t"], traj_values["rows"]

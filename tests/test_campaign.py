@@ -302,7 +302,7 @@ def test_table1_items_wait_for_the_network_study_and_its_choice(tmp_store, monke
         values = property(lambda self: self["values"])
     fake = {m: Rec(values={"params": p, "rows": [{"step": 8, "train_seconds": t, "a_fid": a, "epochs": 3.2}]})
             for m, p, t, a in (("small3", 1, 10.0, 90.0), ("base", 2, 20.0, 50.0), ("mid", 3, 99.0, 40.0))}
-    monkeypatch.setattr(study, "stored", lambda cfg, ds, models=study.CANDIDATES, seed=0: fake)
+    monkeypatch.setattr(study, "stored_candidates", lambda cfg, ds, models=study.CANDIDATES, seed=0: fake)
     # best 40 -> within 60: base (20 s) and mid (99 s); base is cheaper -> model base, 3 epochs per task
     blocked = campaign.table1_items(cfg)[0].blocked
     assert "model=base, epochs=3" in blocked and "now tiny, 1" in blocked
@@ -476,7 +476,7 @@ def test_stored_later_lists_each_later_seeds_stored_methods(monkeypatch):
     def fake_stored(c, d, methods, seeds=None):
         asked.append((d, tuple(seeds)))
         return {m: ["rec"] for m in methods if m in in_store[seeds[0]]}
-    monkeypatch.setattr(runs, "stored", fake_stored)
+    monkeypatch.setattr(runs, "stored_runs", fake_stored)
     cfg = load_profile("cpu")
     assert runs.stored_later(cfg, "mnist-5k") == {1: ["joint", "rank1", "gd"], 2: []}
     assert asked == [("mnist-5k", (1,)), ("mnist-5k", (2,))]

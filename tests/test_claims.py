@@ -113,15 +113,15 @@ def _traj(late_by_step, t=(100, 300, 500, 700, 900)):
 
 
 def test_trajectory_statement_follows_the_numbers():
-    from rank1lib.trajectory import describe
+    from rank1lib.trajectory import mechanism_text
     init = _traj([(0, v) for v in (0.10, 0.12, 0.08, 0.11, 0.09)])  # 0.100 +- 0.016
-    grown = describe(_traj([(0, 0.1), (400, 0.6), (6400, 0.02)]), init)
+    grown = mechanism_text(_traj([(0, 0.1), (400, 0.6), (6400, 0.02)]), init)
     assert "0.020 after 6400 steps" in grown and "training made the structure stronger" in grown
     assert "early training weakened the structure (the peak at step 400)" in grown
     assert "further from rank 1 than its own initialisation" not in grown
-    same = describe(_traj([(0, 0.1), (100, 0.11), (6400, 0.09)]), init)
+    same = mechanism_text(_traj([(0, 0.1), (100, 0.11), (6400, 0.09)]), init)
     assert "what the network had at initialisation" in same and "peak" not in same.split("steps;")[1]
-    worse = describe(_traj([(0, 0.1), (6400, 0.4)]), init)
+    worse = mechanism_text(_traj([(0, 0.1), (6400, 0.4)]), init)
     assert "weakened the structure in this run" in worse and "its own initialisation (0.100)" in worse
 
 
@@ -155,7 +155,7 @@ def test_continual_claims_follow_their_rules(monkeypatch):
     from rank1lib import runs
     cfg = Cfg(seeds=[0, 1, 2], rank_k=5, name="cpu", cl_datasets=["mnist-5k", "fmnist"])
     table = paper_like_table()
-    monkeypatch.setattr(runs, "stored", cl_records(table))
+    monkeypatch.setattr(runs, "stored_runs", cl_records(table))
     for ev in (claims._c8, claims._c9, claims._c10, claims._c11, claims._c12):
         ours, checks, recs, gate = ev(cfg)
         assert gate is None and claims._verdict(checks) == "agree", (ev.__name__, ours, checks)
@@ -176,7 +176,7 @@ def test_continual_claims_gate_and_pending(monkeypatch):
     cfg = Cfg(seeds=[0, 1, 2], rank_k=5, name="cpu", cl_datasets=["mnist-5k", "fmnist"])
     table = paper_like_table()
     table["mnist-5k"]["joint"] = ([150.0] * 5, None)  # joint worse than fine-tune: the tier is noise
-    monkeypatch.setattr(runs, "stored", cl_records(table))
+    monkeypatch.setattr(runs, "stored_runs", cl_records(table))
     assert "does not beat fine-tuning" in claims._c9(cfg)[3]
     del table["mnist-5k"]["gd"]
     assert claims._c9(cfg) is None  # a method it needs is not stored: pending

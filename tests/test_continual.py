@@ -188,7 +188,7 @@ def test_kid_matrix_and_real_vs_real_floor(runs):
     np.testing.assert_allclose(v["a_kid_at_k"], fid.a_fid_at_k(K))
     assert v["forgetting_kid"] == pytest.approx(np.mean(K[-1] - np.diag(K)))
     # the floor of task 2: its test images against the first as many training images per class, on pixels
-    ds = data.load("mnist-5k")
+    ds = data.load_images("mnist-5k")
     xt, _ = data.task_data(ds, 1, "test", per_class=2)
     xr, _ = data.task_data(ds, 1, "train", per_class=2)
     px = lambda x: x.numpy().reshape(len(x), -1) / 255.0  # noqa: E731
@@ -296,7 +296,7 @@ def test_by_dataset_keeps_complete_groups_and_uses_main_records_for_the_profile_
     rec = lambda a, f: [SimpleNamespace(values={"a_fid": a, "forgetting": f})]  # noqa: E731
     in_store = {"mnist-5k": {"finetune": rec(1.0, 2.0)}, "fmnist": {"finetune": rec(187.6, 51.3), "gd": rec(3, 4)},
                 "cifar10": {"gd": rec(5, 6)}}
-    monkeypatch.setattr(runs, "stored", lambda c, d, methods, seeds=None: {m: r for m, r in in_store[d].items()
+    monkeypatch.setattr(runs, "stored_runs", lambda c, d, methods, seeds=None: {m: r for m, r in in_store[d].items()
                                                                           if m in methods})
     c = cfg()
     ds = ["mnist-5k", "fmnist", "cifar10"]
@@ -323,7 +323,7 @@ def test_fid_resize_floors_follow_each_extractor(tmp_store):
     cfg = load_profile("ci")
     rec = cl_runs.fid_resize(cfg, progress=False)
     r = rec.values[cfg.dataset]
-    ev = Evaluator(Config(cfg, fid_extractor="inception"), data.load(cfg.dataset), "cpu")
+    ev = Evaluator(Config(cfg, fid_extractor="inception"), data.load_images(cfg.dataset), "cpu")
     assert r["floor_bilinear"] == pytest.approx([ev.floor(i)[0] for i in range(len(ev.tasks))])
     assert len(r["floor_tf"]) == len(r["floor_bilinear"]) and r["floor_tf"] != r["floor_bilinear"]
     assert "task1_model_bilinear" not in r  # no continual run stored here

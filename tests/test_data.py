@@ -28,7 +28,7 @@ def check_tasks(ds, n_tasks, per_task):
 
 
 def test_mnist5k_is_the_real_subset():
-    ds = data.load("mnist-5k")
+    ds = data.load_images("mnist-5k")
     check_set(ds, 1)
     assert len(ds.train_x) + len(ds.test_x) == 5000
     assert torch.bincount(ds.test_y).tolist() == [100] * 10
@@ -41,14 +41,14 @@ def test_mnist5k_is_the_real_subset():
 
 
 def test_task_data_per_class_cap():
-    ds = data.load("mnist-5k")
+    ds = data.load_images("mnist-5k")
     x, y = data.task_data(ds, 2, "train", per_class=7)
     assert torch.bincount(y, minlength=10).tolist() == [0, 0, 0, 0, 7, 7, 0, 0, 0, 0]
 
 
 @pytest.mark.skipif(not (data.DEBIAN_FMNIST / "train-images-idx3-ubyte.gz").exists(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fmnist_full():
-    ds = data.load("fmnist")
+    ds = data.load_images("fmnist")
     check_set(ds, 1)
     assert (len(ds.train_x), len(ds.test_x)) == (60000, 10000)
     check_tasks(ds, 5, 2)
@@ -92,7 +92,7 @@ def test_torchvision_cifar_format(tmp_path, monkeypatch):
     import torchvision
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    ds = data.load("cifar10", root=tmp_path)
+    ds = data.load_images("cifar10", root=tmp_path)
     check_set(ds, 3)
     assert len(ds.train_x) == 50
     assert torch.equal(ds.train_x[0], torch.as_tensor(arrays["data_batch_1"][0].reshape(3, 32, 32)))
@@ -107,7 +107,7 @@ def test_imagenet32_npz(tmp_path):
     labels = np.arange(2000) % 1000 + 1  # 1-based as in the official batches
     np.savez(d / "train_data_batch_1.npz", data=x, labels=labels)
     np.savez(d / "val_data.npz", data=x[:1000], labels=labels[:1000])
-    ds = data.load("imagenet32", root=tmp_path)
+    ds = data.load_images("imagenet32", root=tmp_path)
     check_set(ds, 3, n_classes=1000)
     assert torch.equal(ds.train_x[5], torch.as_tensor(x[5].reshape(3, 32, 32)))
     assert int(ds.train_y[0]) == 0
@@ -116,14 +116,14 @@ def test_imagenet32_npz(tmp_path):
 
 def test_missing_data_message(tmp_path):
     with pytest.raises(data.DataMissing) as e:
-        data.load("imagenet32", root=tmp_path)
+        data.load_images("imagenet32", root=tmp_path)
     msg = str(e.value)
     assert "imagenet32" in msg and str(tmp_path) in msg and "\n" not in msg
     with pytest.raises(data.DataMissing) as e:
-        data.load("mnist", root=tmp_path, download=False)
+        data.load_images("mnist", root=tmp_path, download=False)
     assert "python -m rank1lib fetch mnist" in str(e.value)
     with pytest.raises(ValueError, match="valid: mnist, mnist-5k"):
-        data.load("svhn")
+        data.load_images("svhn")
 
 
 def test_fashion_mnist_class_names_match_torchvision():

@@ -30,7 +30,7 @@ def test_task1_stops_at_the_first_learned_point_and_task2_trains_as_long(tmp_sto
     after, second = np.array(r["fid_task1_after"]), np.array(r["fid_task2"])
     assert r["forgetting"] == pytest.approx(float(np.mean(after - np.array(r["fid_task1_before"]))))
     assert r["a_fid"] == pytest.approx(float(np.mean((after + second) / 2)))
-    rows = lt.table(lt.stored(cfg, "mnist-5k", runs=(("gd", None),)))
+    rows = lt.table(lt.stored_runs(cfg, "mnist-5k", runs=(("gd", None),)))
     assert [x["method"] for x in rows] == ["gd"]
 
 

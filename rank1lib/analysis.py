@@ -115,7 +115,7 @@ def analysis_net(cfg, name, seed, arch, max_steps=None, progress=True):
     return net.eval(), info, x, y
 
 
-def loss_curve(losses, points=400):
+def thin_losses(losses, points=400):
     """Training-loss curve thinned to about `points` window means (float32), for convergence plots."""
     a = np.asarray(losses, dtype=np.float64)
     w = max(1, len(a) // points)
@@ -192,7 +192,7 @@ def spectrum(cfg, dataset=None, seed=0, arch=None, progress=True):
     def compute():
         net, info, x, y = analysis_net(cfg, name, seed, arch, max_steps=steps, progress=progress)
         values, arrays = spectrum_compute(net, x, y, n, ts, seed, progress)
-        arrays["loss_curve"] = loss_curve(net.losses)
+        arrays["loss_curve"] = thin_losses(net.losses)
         return info | values, arrays, str(next(net.parameters()).device)
 
     return store.load_or_compute(cfg.name, "spectrum", f"{name}-{arch}-s{seed}", conf, compute, **store.policy(cfg),

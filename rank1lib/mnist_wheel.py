@@ -45,7 +45,7 @@ def read_pickle(raw: bytes):
     return ArraysOnly(io.BytesIO(raw), encoding="latin1").load()
 
 
-def to_uint8(x) -> np.ndarray:
+def unscale_pixels(x) -> np.ndarray:
     """Pixels stored as raw / 256 (float) -> the raw uint8 values, exactly; anything else is refused."""
     raw = np.asarray(x, dtype=np.float64) * 256.0
     if raw.min() < 0 or raw.max() > 255 or not np.array_equal(raw, np.round(raw)):
@@ -63,9 +63,9 @@ def convert(obj, counts=(TRAIN_COUNTS, TEST_COUNTS)):
     """((train), (valid), (test)) of (float pixels, labels) -> uint8 (N, 28, 28) images and uint8 labels:
     train = train + valid, test = test; label counts checked when `counts` is given."""
     (tx, ty), (vx, vy), (sx, sy) = obj
-    train_x = to_uint8(np.concatenate([tx, vx])).reshape(-1, 28, 28)
+    train_x = unscale_pixels(np.concatenate([tx, vx])).reshape(-1, 28, 28)
     train_y = np.concatenate([ty, vy]).astype(np.uint8)
-    test_x, test_y = to_uint8(sx).reshape(-1, 28, 28), np.asarray(sy).astype(np.uint8)
+    test_x, test_y = unscale_pixels(sx).reshape(-1, 28, 28), np.asarray(sy).astype(np.uint8)
     if counts:
         check_counts(train_y, counts[0], "train")
         check_counts(test_y, counts[1], "test")

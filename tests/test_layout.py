@@ -73,3 +73,26 @@ def test_the_graph_sees_relative_and_absolute_imports():
     e = _edges()
     assert ("fisher", "curvature.engines") in e and ("curvature.statistics", "curvature.engines") in e
     assert ("continual", "curvature") in e and ("campaign", "runs") in e
+
+
+# Names defined in several modules on purpose: the same job for a different experiment, model or program.
+SAME_JOB = {
+    "collect": {"runs", "learned_task1"},              # an experiment's stored records, computing the missing ones
+    "stored_runs": {"runs", "learned_task1"},          # an experiment's stored records, computing nothing
+    "load_all": {"bench", "registry"},                 # import the modules that register entries
+    "main": {"book", "__main__"},                       # a command line's entry point
+    "markdown": {"claims", "status"},                  # a report as a Markdown table
+    "per_sample_grads": {"fisher", "vae"},             # per-sample gradients of one model family's loss
+    "per_sample_loss": {"diffusion", "vae"},           # one model family's per-sample loss
+}
+
+
+def test_one_name_one_job():
+    """A public top-level name is defined once in the package, except the SAME_JOB families."""
+    where = {}
+    for name, path in _modules().items():
+        for n in ast.parse(path.read_text()).body:
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_"):
+                where.setdefault(n.name, set()).add(name)
+    clashes = {k: v for k, v in where.items() if len(v) > 1 and v != SAME_JOB.get(k)}
+    assert clashes == {}

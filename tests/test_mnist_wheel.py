@@ -49,7 +49,7 @@ def test_conversion_round_trips_through_idx(tmp_path):
 
 def test_conversion_refuses_what_is_not_raw_over_256():
     with pytest.raises(ValueError, match="raw / 256"):
-        mnist_wheel.to_uint8(np.array([0.5 / 256], dtype=np.float32))
+        mnist_wheel.unscale_pixels(np.array([0.5 / 256], dtype=np.float32))
     with pytest.raises(ValueError, match="label counts"):
         mnist_wheel.check_counts(np.zeros(5, dtype=np.uint8), mnist_wheel.TEST_COUNTS, "test")
 

@@ -79,14 +79,20 @@ def cmd_bench(args):
     cfg = load_profile(args.profile, **parse_sets(args.set))
     store.allow_cli_only(True)
     keep = args.store or args.replace
-    rec = bench.stored_or_run(args.name, cfg, force=args.force, replace=args.replace) if keep else None
-    rows, summary = (rec.values["rows"], rec.values["summary"]) if rec else bench.measured(args.name, cfg)
-    if summary.get("contended"):
-        print("warning: other processes were busy during this benchmark; its times are not quiet-machine "
-              "times", file=sys.stderr)
-    bench.print_table(rows)
+    out = None
+    for name in (args.name,) + (() if args.alone else bench.COMPANIONS.get(args.name, ())):
+        rec = bench.stored_or_run(name, cfg, force=args.force, replace=args.replace) if keep else None
+        rows, summary = (rec.values["rows"], rec.values["summary"]) if rec else bench.measured(name, cfg)
+        if summary.get("contended"):
+            print(f"warning: other processes were busy during benchmark {name!r}; its times are not "
+                  "quiet-machine times", file=sys.stderr)
+        if out is not None:
+            print(f"\n{name}:")
+            out[name] = summary
+        bench.print_table(rows)
+        out = summary if out is None else out
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(out))
 
 
 def cmd_campaign(args):
@@ -168,6 +174,8 @@ def parser():
     b.add_argument("--replace", action="store_true",
                    help="measure again and overwrite the stored result once measured (implies --store)")
     b.add_argument("--force", action="store_true", help="store it even if the machine was busy (marked contended)")
+    b.add_argument("--alone", action="store_true",
+                   help="only this benchmark, not the ones that follow it (fisher: peers)")
     st = sub.add_parser("status", help="which paper figures and tables a profile's store holds")
     st.add_argument("--profile", default="cpu")
     st.add_argument("--json", action="store_true")

@@ -11,6 +11,9 @@ from .profiles import set_args
 
 BENCHES = {}
 MODULES = ["rank1lib.bench_fisher", "rank1lib.bench_train", "rank1lib.bench_peers"]
+# Benchmarks that run after another one (`bench fisher` also times what a user would pick instead of
+# the package's per-sample engines); `--alone` skips them, `bench peers` runs that part on its own.
+COMPANIONS = {"fisher": ("peers",)}
 
 
 def benchmark(name):

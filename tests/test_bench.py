@@ -104,3 +104,22 @@ def test_replace_overwrites_a_stored_benchmark_only_once_a_quiet_run_is_measured
     assert bench.stored_or_run("fake", cfg, replace=True).values["summary"]["n"] == 3
     assert store.load("ci", "bench", "fake").values["summary"]["n"] == 3
     assert not [p.name for p in store.result_dir("ci", "bench").iterdir() if ".bad-" in p.name]  # nothing moved aside
+
+
+def test_bench_fisher_runs_its_peers_after_it_and_reports_both(tmp_store, monkeypatch, capsys):
+    """`bench fisher --json` also runs the peers benchmark: both tables, one JSON line whose 'peers' key
+    holds the peers summary; --alone runs only the one named."""
+    import json
+    from rank1lib.__main__ import main
+    benches = bench.load_all()
+    ran = []
+    monkeypatch.setitem(benches, "fisher", lambda cfg: (ran.append("fisher") or [{"m": "f"}], {"own": 1}))
+    monkeypatch.setitem(benches, "peers", lambda cfg: (ran.append("peers") or [{"m": "p"}], {"peer": 2}))
+    assert main(["bench", "fisher", "--profile", "ci", "--json"]) in (0, None)
+    out = capsys.readouterr().out.strip().splitlines()
+    last = json.loads(out[-1])
+    assert ran == ["fisher", "peers"] and last["own"] == 1 and last["peers"]["peer"] == 2
+    assert "peers:" in out
+    ran.clear()
+    assert main(["bench", "fisher", "--profile", "ci", "--json", "--alone"]) in (0, None)
+    assert ran == ["fisher"] and "peers" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])

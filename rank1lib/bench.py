@@ -133,7 +133,7 @@ def stored_or_run(name, cfg, force=False, replace=False):
     """The stored result of benchmark `name` at this profile, or run it now and store it (replace: run
     it even if stored, and overwrite the stored record once the new one is measured)."""
     load_all()
-    conf = {k: v for k, v in cfg.items() if k not in NOT_READ}
+    conf = {k: v for k, v in cfg.items() if k not in NOT_READ and k != "read_only"}  # as hashed before readers
 
     def compute():
         rows, summary = measured(name, cfg)

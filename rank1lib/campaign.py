@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import store
-from .profiles import Config, load_profile
+from .profiles import Config, load_profile, reading
 
 # Quiet-machine seconds per optimiser step at batch 128, one thread (this repo's 2-core Xeon,
 # torch 2.14.1, 2026-11-25); used for estimates until a run has measured its own.
@@ -302,10 +302,9 @@ def item_status(cfg, item) -> dict:
     exps = load_all()
     missing = []
     for c in item.cmds:
-        icfg = load_profile(cfg.name, **c.sets, **({"dataset": c.dataset} if c.dataset else {}))
+        icfg = reading(load_profile(cfg.name, **c.sets, **({"dataset": c.dataset} if c.dataset else {})))
         try:
-            with store.probing():
-                exps[c.experiment](icfg, icfg.dataset, c.seed, progress=False,
+            exps[c.experiment](icfg, icfg.dataset, c.seed, progress=False,
                                    **({"method": c.method} if c.method else {}))
         except store.ResultPending:
             missing.append(c.experiment)

@@ -31,7 +31,7 @@ def data_overview(cfg, dataset=None, seed=0, per_task=16):
             grids[f"task{k + 1}"] = image_grid(x[pick], nrow=per_task)
         return {"splits": rows, "source": ds.source, "channels": ds.channels}, grids, "cpu"
 
-    return store.load_or_compute(cfg.name, "data", name, conf, compute)
+    return store.load_or_compute(cfg.name, "data", name, conf, compute, read_only=bool(cfg.get("read_only")))
 
 
 def model_sizes(num_classes=10, channels=1):

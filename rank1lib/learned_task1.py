@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from . import continual, data, replay, seeds, store
 from .continual import Evaluator, add_to_penalty, cached, combine, eval_tag, method_penalty, stat_name, step_settings
 from .models import build_unet
-from .profiles import Config, set_args
+from .profiles import Config, reading, set_args
 from .registry import experiment
 from .train import amp_on, drop_optimiser, pick_device, snapshots, state_root, train
 
@@ -172,10 +172,9 @@ def stored_runs(cfg, dataset, seed=0, runs=RUNS) -> dict:
     """{(method, lam): stored record} of the two-task runs, and {(None, None): task 1} (never computed)."""
     out = {}
     for method, lam in ((None, None),) + tuple(runs):
-        c = Config(cfg, lam=lam) if lam is not None else cfg
+        c = reading(Config(cfg, lam=lam) if lam is not None else cfg)
         try:
-            with store.probing():
-                out[(method, lam)] = learned_task1(c, dataset, seed, method, progress=False)
+            out[(method, lam)] = learned_task1(c, dataset, seed, method, progress=False)
         except (store.ResultPending, data.DataMissing):
             pass
     return out

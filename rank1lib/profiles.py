@@ -24,6 +24,16 @@ class Config(dict):
     __getattr__ = dict.__getitem__
 
 
+# Keys of a Config that are not settings: never hashed into a result, never printed as --set.
+RUNTIME_KEYS = ("name", "read_only")
+
+
+def reading(cfg) -> Config:
+    """The same settings for a reader: an experiment called with it loads its stored result and never
+    computes (a missing one raises ResultPending). Configs derived from it stay readers."""
+    return Config(cfg, read_only=True)
+
+
 def _choices(*valid):
     return (lambda v: v in valid), "one of " + ", ".join(valid)
 
@@ -185,7 +195,7 @@ def set_args(cfg, skip=("dataset",)) -> str:
     base = _read(cfg.name)
     text = lambda v: json.dumps(v) if v is None or isinstance(v, (list, dict, bool)) else str(v)  # noqa: E731
     return "".join(f" --set {shlex.quote(f'{k}={text(v)}')}"
-                   for k, v in cfg.items() if k != "name" and k not in skip and base.get(k) != v)
+                   for k, v in cfg.items() if k not in RUNTIME_KEYS and k not in skip and base.get(k) != v)
 
 
 def check_seed(seed) -> int:

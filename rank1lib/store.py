@@ -7,7 +7,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -34,20 +33,6 @@ class NeedsGPU(ResultPending):
 
 
 _ALLOW_CLI_ONLY = False
-# per thread: the campaign probes item status from several worker threads at once, and a probe
-# ending in one thread must not switch probing off in another (that made a probe compute)
-_LOCAL = threading.local()
-
-
-@contextlib.contextmanager
-def probing():
-    """Within this block (in this thread) load_or_compute never computes: a missing result raises ResultPending."""
-    old = getattr(_LOCAL, "probe", False)
-    _LOCAL.probe = True
-    try:
-        yield
-    finally:
-        _LOCAL.probe = old
 
 
 def allow_cli_only(on=True):
@@ -57,8 +42,10 @@ def allow_cli_only(on=True):
 
 
 def policy(cfg) -> dict:
-    """The load_or_compute switches of a profile: heavy (needs CUDA) and cli_only."""
-    return {"heavy": bool(cfg.get("heavy")), "cli_only": bool(cfg.get("cli_only"))}
+    """The load_or_compute switches of a profile: heavy (needs CUDA), cli_only, and read_only (a reader's
+    config, profiles.reading: never compute)."""
+    return {"heavy": bool(cfg.get("heavy")), "cli_only": bool(cfg.get("cli_only")),
+            "read_only": bool(cfg.get("read_only"))}
 
 
 def results_root() -> Path:
@@ -317,7 +304,7 @@ def save_png(profile, experiment, name, fig_or_array):
 
 
 def load_or_compute(profile, experiment, name, config, compute, heavy=False, command=None, cli_only=False,
-                    replace=False):
+                    replace=False, read_only=False):
     """Load a result whose config hash matches; else compute(), store and return it.
 
     replace: compute and store even if a matching result is stored (the new record overwrites it
@@ -325,10 +312,10 @@ def load_or_compute(profile, experiment, name, config, compute, heavy=False, com
 
     compute() returns (values, arrays[, device]). On a heavy profile without CUDA, a missing result
     raises NeedsGPU naming the command that computes it; on a cli_only profile, ResultPending unless
-    this process is the CLI (allow_cli_only).
+    this process is the CLI (allow_cli_only); with read_only, ResultPending whatever the profile.
     """
     import torch
-    reader = getattr(_LOCAL, "probe", False) or (cli_only and not _ALLOW_CLI_ONLY)
+    reader = read_only or (cli_only and not _ALLOW_CLI_ONLY)
     computes = not reader and not (heavy and not torch.cuda.is_available())
     rec = None if replace else load(profile, experiment, name, config, owner=computes)
     if rec is not None:

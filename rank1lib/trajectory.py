@@ -136,14 +136,13 @@ BUDGET_RUNS = (("mnist", "base"), ("mnist", "base-resnet"), ("mnist-5k", "base")
 
 def budget_runs(profile="cpu") -> dict:
     """{(dataset, arch, seed): stored trajectory record} of BUDGET_RUNS (never computed here)."""
-    from .profiles import load_profile
+    from .profiles import load_profile, reading
     out = {}
     for ds, arch in BUDGET_RUNS:
-        cfg = load_profile(profile, dataset=ds, analysis_model=arch)
+        cfg = reading(load_profile(profile, dataset=ds, analysis_model=arch))
         for s in cfg.seeds:
             try:
-                with store.probing():
-                    out[(ds, arch, s)] = trajectory(cfg, ds, s, arch, progress=False)
+                out[(ds, arch, s)] = trajectory(cfg, ds, s, arch, progress=False)
             except (store.ResultPending, data.DataMissing):
                 pass
     return out

@@ -1,4 +1,4 @@
-"""Campaign plumbing: deadline stop and resume, NaN guard, snapshots, torn results, probing, status."""
+"""Campaign plumbing: deadline stop and resume, NaN guard, snapshots, torn results, readers, status."""
 import json
 import os
 import time
@@ -9,7 +9,7 @@ import torch
 
 from rank1lib import store
 from rank1lib.models import build_unet
-from rank1lib.profiles import load_profile
+from rank1lib.profiles import load_profile, reading
 from rank1lib.train import (DeadlineReached, NonFiniteLoss, load_checkpoint, snapshot_steps, snapshots,
                             train)
 
@@ -148,7 +148,7 @@ def test_torn_result_is_detected_and_set_aside(tmp_store):
 
 
 def test_reading_a_torn_result_never_changes_the_store(tmp_store, capsys):
-    """A probe or a cli_only reader shows the result pending and leaves a torn record where it is; the
+    """A reader config or a cli_only reader shows the result pending and leaves a torn record where it is; the
     command that computes it moves it aside first."""
     cfg = {"k": 1}
     store.save("cpu", "e", "n", cfg, {"v": 1.0}, {"a": np.arange(3)})
@@ -157,8 +157,8 @@ def test_reading_a_torn_result_never_changes_the_store(tmp_store, capsys):
     before = sorted(p.name for p in d.iterdir())
     with pytest.raises(store.ResultPending):
         store.load_or_compute("cpu", "e", "n", cfg, lambda: ({"v": 2.0}, None), cli_only=True)
-    with store.probing(), pytest.raises(store.ResultPending):
-        store.load_or_compute("cpu", "e", "n", cfg, lambda: ({"v": 2.0}, None))
+    with pytest.raises(store.ResultPending):
+        store.load_or_compute("cpu", "e", "n", cfg, lambda: ({"v": 2.0}, None), read_only=True)
     assert sorted(p.name for p in d.iterdir()) == before
     assert "left in place" in capsys.readouterr().err
     rec = store.load_or_compute("cpu", "e", "n", cfg, lambda: ({"v": 2.0}, None))  # computes: sets aside
@@ -175,8 +175,8 @@ def test_results_never_hold_nan_tokens(tmp_store):
 def test_cli_only_profile_is_pending_in_notebooks(tmp_store):
     with pytest.raises(store.ResultPending, match="campaign --profile cpu"):
         store.load_or_compute("cpu", "e", "n", {}, lambda: ({}, None), cli_only=True)
-    with store.probing(), pytest.raises(store.ResultPending):
-        store.load_or_compute("ci", "e", "n", {}, lambda: ({}, None))
+    with pytest.raises(store.ResultPending):
+        store.load_or_compute("ci", "e", "n", {}, lambda: ({}, None), **store.policy(reading(load_profile("ci"))))
     store.allow_cli_only(True)
     try:
         assert store.load_or_compute("cpu", "e", "n", {}, lambda: ({"v": 1}, None), cli_only=True).values == {"v": 1}

@@ -79,26 +79,25 @@ def test_image_arrays_also_written_as_png(tmp_store):
     np.testing.assert_allclose(back * 255, grid, atol=0.5)
 
 
-def test_probing_is_per_thread(tmp_store):
-    """Two campaign workers probe at once: one probe ending must not let the other compute."""
+def test_a_reader_config_never_computes_and_its_derived_configs_stay_readers(tmp_store):
+    """profiles.reading: load_or_compute with its policy raises ResultPending instead of computing, a
+    Config derived from it is a reader too, the flag never reaches a printed command, and a second
+    thread's ordinary config still computes (no process- or thread-wide switch)."""
     import threading
     from rank1lib import store
-    inside, release, computed = threading.Event(), threading.Event(), []
-
-    def other():
-        with store.probing():
-            inside.set()
-            release.wait(5)
-    t = threading.Thread(target=other)
-    t.start()
-    inside.wait(5)  # the other worker's probe began first
-    with store.probing():
-        release.set()
-        t.join()  # ... and ended while this one is still open
+    from rank1lib.profiles import Config, load_profile, reading, set_args
+    cfg = load_profile("ci")
+    computed = []
+    compute = lambda: computed.append(1) or ({"v": 1}, None)  # noqa: E731
+    for c in (reading(cfg), Config(reading(cfg), lam=3.0)):
         with pytest.raises(store.ResultPending):
-            store.load_or_compute("ci", "e", "n", {}, lambda: computed.append(1) or ({}, None))
-    assert not computed
-
+            store.load_or_compute("ci", "e", "n", {}, compute, **store.policy(c))
+    assert not computed and "read_only" not in set_args(reading(cfg))
+    t = threading.Thread(target=lambda: store.load_or_compute("ci", "e", "n", {}, compute, **store.policy(cfg)))
+    t.start()
+    t.join()
+    assert computed == [1]
+    assert store.load_or_compute("ci", "e", "n", {}, compute, **store.policy(reading(cfg))).values == {"v": 1}
 
 def test_book_keeps_each_figure_as_png_next_to_its_result(tmp_store):
     import matplotlib

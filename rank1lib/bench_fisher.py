@@ -24,7 +24,7 @@ from .train import pick_device
 P_DENSE = {"ci": 1500, "quick": 3000, "cpu": 8000, "gpu": 30000, "paper": 30000}
 
 
-REPEATS = 5  # every time below is the median of REPEATS calls after a warm-up (issue 8)
+REPEATS = 5  # every time below is the median of REPEATS calls after a warm-up
 
 
 def _spread(lo_hi) -> str:
@@ -120,7 +120,7 @@ def cl_peak(n):
 
 @benchmark("fisher")
 def bench_fisher(cfg):
-    """Rows for the table and the summary JSON (keys named in issue 3)."""
+    """Rows for the table and the summary JSON."""
     torch.manual_seed(0)
     dev = pick_device()
     net = build_unet(cfg.analysis_model, 10).to(dev)

@@ -150,7 +150,7 @@ def penalties(model, n_tasks=4, lam=15000.0):
 
 @benchmark("train")
 def bench_train(cfg):
-    """Rows per measurement and the summary JSON of the issue."""
+    """Rows per measurement and the summary JSON."""
     device = pick_device()
     on_cpu = device.type == "cpu"
     n, warm = (31, 2) if on_cpu else (30, 10)  # rounds of (plain, rank-1, diag) steps, interleaved

@@ -95,7 +95,7 @@ def analysis_item(cfg, key, title, arch, dataset=None, seed=0, sets=None, trajec
 
 
 def fisher_items(cfg) -> list:
-    """The Fisher-chapter tier (issue 9, 14) in priority order."""
+    """The Fisher-chapter tier in priority order."""
     items = []
 
     def run_item(*args, **kw):
@@ -172,7 +172,7 @@ def learned_items(cfg, dataset=None, seed=0) -> list:
 
 
 def study_items(cfg) -> list:
-    """The network study of the continual-learning tier (issue 10): one joint model per candidate."""
+    """The network study of the continual-learning tier: one joint model per candidate."""
     from .study import CANDIDATES
     return [Item(f"cl-study-{m}", f"joint {m} UNet on {cfg.dataset}, A-FID at {len(cfg.study_steps)} points "
                  "(network study for Table 1)", [Cmd("cl_study", None, 0, {"model": m})], None, None, 0,
@@ -256,7 +256,7 @@ def continual_eta(icfg, item):
 
 
 def gpu_items(cfg) -> list:
-    """The gpu tier in short steps (issue 11): each item is one command that fits a ~9-minute call on one
+    """The gpu tier in short steps: each item is one command that fits a ~9-minute call on one
     H100/H200 and stores a committed result; nothing needs FID (the Inception weights may be absent).
     The 35.7M UNet's Fisher spectrum (N = cl_fisher_samples per t) after 200 epochs, training included,
     measured on lent H200s (2026-11-26): 4,000 mnist-5k images (6,400 steps) 5.0 min; 5,000

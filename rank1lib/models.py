@@ -17,7 +17,7 @@ _ARCHS = {
     "small1": ((16,), 1, ("DownBlock2D",), ("UpBlock2D",), 4, 0.0),
     "small3": ((16, 16, 16), 1, ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), 4, 0.0),
-    # Not in the paper: a candidate for the CPU continual-learning tier (issue 10), between the App. D
+    # Not in the paper: a candidate for the CPU continual-learning tier, between the App. D
     # models and the 35.7M "cl" UNet: 32/64/64 channels, one ResNet layer per level, attention at 8x8 (1.1M).
     "mid": ((32, 64, 64), 1, ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
             ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), 8, 0.1),

@@ -1,4 +1,4 @@
-"""Which UNet, and how many epochs per task, for a continual-learning tier on a small machine (issue 10).
+"""Which UNet, and how many epochs per task, for a continual-learning tier on a small machine.
 
 The paper's 35.7M-parameter UNet is out of reach on a CPU, so the `cpu` tier measures its choice:
 for each candidate network a joint (non-continual) model is trained on all tasks at once, and its
@@ -22,7 +22,7 @@ from .registry import experiment
 from .train import pick_device, snapshot_seconds, snapshots, state_root, train
 
 CANDIDATES = ("small3", "base", "mid")
-# lambda sweep (issue 10): the paper's 15000 refers to its 1/2 ||eps - eps_theta||^2 loss, a sum over
+# lambda sweep: the paper's 15000 refers to its 1/2 ||eps - eps_theta||^2 loss, a sum over
 # the D = 1024 pixels; our loss is the per-pixel mean, which weakens the same lambda D/2 = 512 times.
 # So: 15000 (the paper's number taken literally in our convention), 15000 x 512 (the paper's strength
 # relative to the data term) and the geometric midpoint 15000 x sqrt(512), rounded.

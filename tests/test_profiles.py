@@ -63,7 +63,7 @@ def test_seed_range():
 
 def test_cpu_continual_settings_are_the_stored_bench_decision_for_its_model():
     """cl_amp / cl_compile of the cpu profile are what `bench settings` adopted for the profile's model
-    (issue 8: decided by measurement; changing `model` needs the decision for the new model)."""
+    (decided by measurement; changing `model` needs the decision for the new model)."""
     import json
     from pathlib import Path
 

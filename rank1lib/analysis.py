@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, diffusion, distributed, fisher, seeds, store, vae
+from . import data, diffusion, distributed, estimates, fisher, seeds, store, vae
 from .curvature import cosine_matrix
 from .models import build_unet, n_params
 from .profiles import Config, set_args
@@ -131,7 +131,23 @@ def _conf(cfg, keys, **extra):
 TRAIN_KEYS = ("analysis_epochs", "analysis_max_steps", "batch_size", "lr", "train_per_class", "amp")
 
 
-@experiment("tweedie", "Fig. 1: MSE between x_t and sqrt(1 - alpha_bar_t) eps_hat at t = 100..900")
+def training_progress(cfg, dataset=None, seed=0, method=None):
+    """Where the analysis model's training stands (its committed checkpoint), at its own measured rate
+    once it has one; the results computed after training are not counted."""
+    from .train import checkpoint_info
+    name, arch = dataset or cfg.dataset, cfg.analysis_model
+    acfg, ckpt = analysis_dir(cfg, name, seed, arch)
+    try:
+        steps = steps_for(acfg, len(analysis_data(cfg, name)[0]))
+    except (data.DataMissing, OSError):  # the item says so when it runs
+        steps = 0
+    step, secs = checkpoint_info(ckpt) or (0, 0.0)
+    per = secs / step if step else estimates.sec_per_step(arch)
+    return estimates.progress(step, steps, max(steps - step, 0) * per)
+
+
+@experiment("tweedie", "Fig. 1: MSE between x_t and sqrt(1 - alpha_bar_t) eps_hat at t = 100..900",
+            progress=training_progress)
 def tweedie_mse(cfg, dataset=None, seed=0, arch=None, progress=True):
     """Fig. 1 (Proposition 1): at low SNR eps_theta is a scaled identity map, x_t ~ sqrt(1-ab) eps_hat."""
     name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
@@ -179,7 +195,8 @@ def spectrum_compute(net, x, y, n_samples, timesteps, seed, progress=True, k=5):
     return values, arrays
 
 
-@experiment("spectrum", "Fig. 2, 3, 6: exact empirical-Fisher spectrum per timestep via the Gram matrix")
+@experiment("spectrum", "Fig. 2, 3, 6: exact empirical-Fisher spectrum per timestep via the Gram matrix",
+            progress=training_progress)
 def spectrum(cfg, dataset=None, seed=0, arch=None, progress=True):
     """Fig. 3 (a-d), Fig. 2 cosines, Fig. 6 for arch in small1/small3/base, and the 35.7M cl UNet."""
     name, arch = dataset or cfg.dataset, arch or cfg.analysis_model

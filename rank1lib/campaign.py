@@ -24,18 +24,8 @@ from pathlib import Path
 from . import store
 from .profiles import Config, load_profile, reading
 
-# Quiet-machine seconds per optimiser step at batch 128, one thread (this repo's 2-core Xeon,
-# torch 2.14.1, 2026-11-25); used for estimates until a run has measured its own.
-SEC_PER_STEP_1T = {"base": 1.43, "small1": 2.33, "small3": 0.91, "tiny": 0.6, "mid": 2.4,  # mid: 3.0 fp32 beside a base job (cl-study-mid), / 1.25 for bf16
-                   "base-resnet": 0.44}  # bf16, one thread beside a base worker (AMD EPYC with avx512_bf16, 2026-12-05)
-SEC_PER_SPECTRUM_T_1T = 42.0  # one timestep of the Gram path, base UNet, N = 1024, one thread
-SEC_PER_STUDY_EVAL_1T = 420.0  # one A-FID point of the network study (200 DDIM-50 images per task + FID)
-PER_CLASS = {"mnist-5k": 400, "fmnist": 6000, "mnist": 6000}  # training images per class (estimates only)
-TEST_PER_CLASS = {"mnist-5k": 100, "fmnist": 1000}  # held-out images per class (FID of a task, estimates only)
-GD_COST = 2.3  # a step with generative distillation (128 real + 128 replay) vs a plain step (estimates only)
-# one DDIM-50 image of the mid UNet with its Inception features, one thread beside another worker: rank1's
-# task-4 and task-5 evaluations on mnist-5k (800 and 1,000 images) took ~10 and ~12.5 min (2026-11-27)
-SEC_PER_IMAGE_1T = 0.75
+from .estimates import SEC_PER_SPECTRUM_T_1T, SETUP_S, sec_per_step
+
 EXIT_DEADLINE = 3
 _STOP = threading.Event()  # set by Ctrl-C / SIGTERM: children are asked to checkpoint and stop
 _SAY = threading.Lock()
@@ -153,21 +143,18 @@ def paper_budget_items(cfg) -> list:
 
 def learned_items(cfg, dataset=None, seed=0) -> list:
     """A learned task 1 (chapter 5): task 1 trained on until learned, then task 2 under each method of
-    learned_task1.RUNS in its order; every item resumes from the committed task-1 state."""
-    from .continual import RECIPES
+    learned_task1.RUNS in its order; every item resumes from the committed task-1 state (estimates:
+    learned_task1.learned_progress)."""
     from .learned_task1 import RUNS
-    ds, n = dataset or cfg.dataset, cfg.task1_max_steps  # estimates: the longest task 1 (upper bounds)
+    ds, n = dataset or cfg.dataset, cfg.task1_max_steps
     out = [Item(f"l1-{ds}-s{seed}-task1", f"task 1 of {ds} trained until learned (at most {n} steps), seed {seed}",
-                [Cmd("learned_task1", ds, seed)], None, ds, seed, steps=n)]
+                [Cmd("learned_task1", ds, seed)], None, ds, seed)]
     for method, lam in RUNS:
         sets = {"lam": lam} if lam is not None else {}
-        gd = RECIPES[method][1]
-        pool = 2 * cfg.replay_per_class * SEC_PER_IMAGE_1T / SEC_PER_STEP_1T.get(cfg.model, 1.5) if gd else 0
         out.append(Item(f"l1-{ds}-s{seed}-{method}" + (f"-lam{lam:g}" if lam is not None else ""),
                         f"{method} on task 2 after a learned task 1, {ds}, seed {seed}"
                         + (f", lambda = {lam:g}" if lam is not None else ""),
-                        [Cmd("learned_task1", ds, seed, sets, method=method)], None, ds, seed, sets,
-                        steps=round(n * (GD_COST if gd else 1) + pool)))
+                        [Cmd("learned_task1", ds, seed, sets, method=method)], None, ds, seed, sets))
     return out
 
 
@@ -209,7 +196,7 @@ def table1_items(cfg) -> list:
         except ValueError as e:
             lam_block = f"waits for the lambda sweep ({e})"
 
-    def item(ds, seed, m, title, sets=None, why=blocked):  # estimates: continual_eta
+    def item(ds, seed, m, title, sets=None, why=blocked):  # estimates: runs.continual_progress
         return Item(cl_item(ds, seed, m, (sets or {}).get("lam")), title,
                     [Cmd("continual", ds, seed, dict(sets or {}), method=m)], None, ds, seed, dict(sets or {}),
                     blocked=why)
@@ -225,34 +212,6 @@ def table1_items(cfg) -> list:
     out += [item(cfg.dataset, s, m, f"{m} on {cfg.dataset}, seed {s} (Table 1)", why=lam_block)
             for s in cfg.seeds if s for m in TABLE1]
     return out + [i for m in study.SWEEP_METHODS if m != "rank1-gd" for i in sweep(m)]
-
-
-def task_steps(dcfg, ds, tasks=1) -> int:
-    """Optimiser steps of `tasks` two-class tasks trained as one (train.steps_for; estimates only)."""
-    from .train import steps_for
-    return steps_for(dcfg, 2 * tasks * (dcfg.train_per_class or PER_CLASS.get(ds, 400)))
-
-
-def continual_eta(icfg, item):
-    """(seconds left at one thread, steps done, steps) of a continual-learning item from its committed
-    task folders: each task's steps still to run (a distillation step counts GD_COST plain ones), the
-    FID images of the evaluations not yet stored and the replay pools not yet sampled (SEC_PER_IMAGE_1T)."""
-    from .continual import RECIPES, eval_tag, task_dirs
-    from .data import task_classes
-    from .runs import dataset_cfg
-    from .train import checkpoint_info
-    method, icfg, T = item.cmds[0].method, dataset_cfg(icfg, item.dataset), len(task_classes(item.dataset))
-    dirs = task_dirs(icfg, item.dataset, method, item.seed)
-    n = task_steps(icfg, item.dataset, T if method == "joint" else 1)
-    gd = method != "joint" and RECIPES[method][1]
-    done = [min((checkpoint_info(d / "ckpt") or (0, 0.0))[0], n) for d in dirs]
-    left = sum((n - s) * (GD_COST if gd and k else 1.0) for k, s in enumerate(done))
-    fid = 2 * (icfg.fid_per_class or TEST_PER_CLASS.get(item.dataset, 100))  # images per task
-    images = sum(fid * (T if method == "joint" else k + 1) for k, d in enumerate(dirs)
-                 if not (d / f"eval-{eval_tag(icfg)}.json").exists())
-    images += sum(icfg.replay_per_class * 2 * (k + 1) for k, d in enumerate(dirs[:-1])
-                  if gd and not any(d.glob("pool-*.pt")))
-    return left * SEC_PER_STEP_1T.get(icfg.model, 1.5) + images * SEC_PER_IMAGE_1T, sum(done), n * len(dirs)
 
 
 def gpu_items(cfg) -> list:
@@ -297,7 +256,9 @@ def item_cfg(cfg, item) -> Config:
 
 
 def item_status(cfg, item) -> dict:
-    """{'state': done|partial|pending, 'missing': [...], 'step', 'steps', 'eta_s'} from the store alone."""
+    """{'state': done|partial|pending|blocked, 'missing': [...], 'step', 'steps', 'eta_s'} from the store
+    alone: each command's experiment is asked for its stored result (never computed here), the first
+    one for its progress (registry: progress=)."""
     from .registry import load_all
     exps = load_all()
     missing = []
@@ -305,55 +266,27 @@ def item_status(cfg, item) -> dict:
         icfg = reading(load_profile(cfg.name, **c.sets, **({"dataset": c.dataset} if c.dataset else {})))
         try:
             exps[c.experiment](icfg, icfg.dataset, c.seed, progress=False,
-                                   **({"method": c.method} if c.method else {}))
+                               **({"method": c.method} if c.method else {}))
         except store.ResultPending:
             missing.append(c.experiment)
-    out = {"missing": missing, "step": 0, "steps": 0}
-    eta = 0.0
-    if item.arch:
-        from .analysis import analysis_data, analysis_dir
-        from .train import checkpoint_info, steps_for
-        icfg = item_cfg(cfg, item)
-        acfg, ckpt = analysis_dir(icfg, icfg.dataset, item.seed, item.arch)
-        try:
-            n = len(analysis_data(icfg, icfg.dataset)[0])
-        except Exception:  # noqa: BLE001 - e.g. data missing: the item will say so when it runs
-            n = 0
-        steps = steps_for(acfg, n) if n else 0
-        info = checkpoint_info(ckpt) or (0, 0.0)
-        out.update(step=info[0], steps=steps)
-        per = info[1] / info[0] if info[0] else SEC_PER_STEP_1T.get(item.arch, 1.5)
-        eta += max(steps - info[0], 0) * per
-    study = bool(missing) and item.cmds[0].experiment == "cl_study"
-    if study:  # a network-study item resumes from its committed state
-        eta, out["step"], out["steps"] = study_eta(item_cfg(cfg, item), item.seed)
-    if missing and item.minutes:
+    first = item.cmds[0]
+    report = exps[first.experiment].progress
+    icfg = item_cfg(cfg, item)
+    prog = report(icfg, icfg.dataset, first.seed, first.method) if report and missing else None
+    out = {"missing": missing, "step": prog["step"] if prog else 0, "steps": prog["steps"] if prog else 0}
+    if not missing:
+        eta = 0.0
+    elif item.minutes:
         eta = item.minutes * 60
-    elif missing and item.cmds[0].experiment == "continual":  # resumes from its committed task checkpoints
-        eta, out["step"], out["steps"] = continual_eta(item_cfg(cfg, item), item)
-    elif missing and not study:
-        eta += item.spectra_t * SEC_PER_SPECTRUM_T_1T + 120
-        eta += item.steps * SEC_PER_STEP_1T.get(item.sets.get("model", cfg.model), 1.5)
-    out["eta_s"] = eta if missing else 0.0
+    else:
+        eta = prog["eta_s"] if prog else item.steps * sec_per_step(item.sets.get("model", cfg.model))
+        eta += item.spectra_t * SEC_PER_SPECTRUM_T_1T + (SETUP_S if item.spectra_t or not prog else 0.0)
+    out["eta_s"] = eta
     out["state"] = "done" if not missing else ("partial" if out["step"] or len(missing) < len(item.cmds)
                                                else "pending")
     if missing and item.blocked:
         out["state"] = "blocked"
     return out
-
-
-def study_eta(icfg, seed):
-    """(seconds left at one thread, step, steps) of a network-study item from its committed state:
-    training steps still to run and A-FID points not yet evaluated."""
-    from .continual import eval_tag
-    from .study import study_dir
-    from .train import checkpoint_info
-    d = study_dir(icfg, icfg.dataset, seed)
-    steps = max(icfg.study_steps)
-    step, secs = checkpoint_info(d / "ckpt") or (0, 0.0)
-    per = secs / step if step else SEC_PER_STEP_1T.get(icfg.model, 1.5)
-    todo = [s for s in icfg.study_steps if not (d / f"eval-{s}-{eval_tag(icfg)}.json").exists()]
-    return (steps - step) * per + len(todo) * SEC_PER_STUDY_EVAL_1T + 120, step, steps
 
 
 def _fmt_s(s):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from . import continual, data, replay, seeds, store
+from . import continual, data, estimates, replay, seeds, store
 from .continual import Evaluator, add_to_penalty, cached, combine, eval_tag, method_penalty, stat_name, step_settings
 from .models import build_unet
 from .profiles import Config, reading, set_args
@@ -137,7 +137,41 @@ def name_of(dataset, method, seed, lam):
     return f"{dataset}-{method or 'task1'}-s{seed}" + (f"-lam{lam:g}" if lam is not None else "")
 
 
-@experiment("learned_task1", "task 1 trained until learned, then task 2 under --method (a learned task 1)")
+def learned_progress(cfg, dataset=None, seed=0, method=None):
+    """Where a two-task run stands (its committed state): task 1's steps and FID points still to do (up to
+    task1_max_steps while its length is not chosen), then task 2's steps (a distillation step counts
+    estimates.GD_COST plain ones), its replay pool and its FID evaluations."""
+    from .runs import dataset_cfg
+    from .train import checkpoint_info
+    name = dataset or cfg.dataset
+    cfg = dataset_cfg(cfg, name)
+    d = root(cfg, name, seed)
+    sec, img = estimates.sec_per_step(cfg.model), estimates.SEC_PER_IMAGE_1T
+    fid1 = len(FID_SEEDS) * estimates.fid_images(cfg, name)
+    t1 = store.load(cfg.name, "learned_task1", name_of(name, None, seed, None))
+    step1 = (checkpoint_info(d / "task1" / "ckpt") or (0, 0.0))[0]
+    if t1 is None:
+        n1 = continual.cl_steps(cfg, 2 * (cfg.train_per_class or estimates.PER_CLASS.get(name, 400)))
+        points = task1_points(cfg, n1)
+        left1 = (max(points) - step1) * sec + fid1 * img * sum(
+            not (d / "task1" / f"eval-step{p}-fs{FID_SEEDS[-1]}-{eval_tag(cfg)}.json").exists() for p in points)
+        n2 = max(points)
+    else:
+        left1, n2 = 0.0, t1.values["steps"]
+    if method is None:
+        return estimates.progress(step1, n2 if t1 else max(points), left1)
+    gd = continual.RECIPES[method][1]
+    d2 = d / continual.lineage(cfg, method, 1) / "task2"
+    step2 = min((checkpoint_info(d2 / "ckpt") or (0, 0.0))[0], n2)
+    pool = gd and not (d / "task1" / f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}.pt").exists()
+    evals = not (d2 / f"eval-after-fs{FID_SEEDS[-1]}-{eval_tag(cfg)}.json").exists()
+    left2 = ((n2 - step2) * sec * (estimates.GD_COST if gd else 1.0)
+             + img * (2 * cfg.replay_per_class * pool + 2 * fid1 * evals))
+    return estimates.progress(step2, n2, left1 + left2)
+
+
+@experiment("learned_task1", "task 1 trained until learned, then task 2 under --method (a learned task 1)",
+            progress=learned_progress)
 def learned_task1(cfg, dataset=None, seed=0, method=None, progress=True):
     """Without --method: task 1's FID curve and the chosen length; with it: that method's task 2 (at the
     profile's lam: pass --set lam=... for the other lambdas)."""

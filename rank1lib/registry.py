@@ -9,9 +9,12 @@ MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.trajectory", "
            "rank1lib.learned_task1"]
 
 
-def experiment(name, help=""):
+def experiment(name, help="", progress=None):
     """Decorator: register fn(cfg, dataset, seed, **kw) under `name`; a bad dataset or seed (from the
-    CLI, a notebook parameter or a call) is refused with one ConfigError line before any work."""
+    CLI, a notebook parameter or a call) is refused with one ConfigError line before any work.
+
+    progress(cfg, dataset, seed, method=None): where its resumable training stands, from the store
+    alone (estimates.progress: steps done, steps planned, seconds left), or None when it has none."""
     def wrap(fn):
         sig = inspect.signature(fn)
 
@@ -26,6 +29,7 @@ def experiment(name, help=""):
                 check_seed(bound["seed"])
             return fn(*args, **kw)
         checked.help = help or (fn.__doc__ or "").strip().splitlines()[0]
+        checked.progress = progress
         EXPERIMENTS[name] = checked
         return checked
     return wrap

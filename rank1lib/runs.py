@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from . import continual, paper, seeds, store
+from . import continual, estimates, paper, seeds, store
 from .continual import TABLE1
 from .profiles import set_args
 from .registry import experiment
@@ -74,7 +74,31 @@ def result_name(cfg, dataset, method, seed):
     return f"{dataset}-{method}-s{seed}{lam}"
 
 
-@experiment("continual", "class-incremental run of one --method (all Table-1 methods without it)")
+def continual_progress(cfg, dataset=None, seed=0, method=None):
+    """Where one run stands (its committed task folders): each task's steps still to run (a distillation
+    step counts estimates.GD_COST plain ones), the FID images of the evaluations not yet stored and the
+    replay pools not yet sampled."""
+    from .continual import RECIPES, eval_tag, task_dirs
+    from .data import task_classes
+    from .train import checkpoint_info
+    ds = dataset or cfg.dataset
+    dcfg, T = dataset_cfg(cfg, ds), len(task_classes(ds))
+    dirs = task_dirs(dcfg, ds, method, seed)
+    n = estimates.task_steps(dcfg, ds, T if method == "joint" else 1)
+    gd = method != "joint" and RECIPES[method][1]
+    done = [min((checkpoint_info(d / "ckpt") or (0, 0.0))[0], n) for d in dirs]
+    left = sum((n - s) * (estimates.GD_COST if gd and k else 1.0) for k, s in enumerate(done))
+    fid = estimates.fid_images(dcfg, ds)
+    images = sum(fid * (T if method == "joint" else k + 1) for k, d in enumerate(dirs)
+                 if not (d / f"eval-{eval_tag(dcfg)}.json").exists())
+    images += sum(dcfg.replay_per_class * 2 * (k + 1) for k, d in enumerate(dirs[:-1])
+                  if gd and not any(d.glob("pool-*.pt")))
+    return estimates.progress(sum(done), n * len(dirs),
+                              left * estimates.sec_per_step(dcfg.model) + images * estimates.SEC_PER_IMAGE_1T)
+
+
+@experiment("continual", "class-incremental run of one --method (all Table-1 methods without it)",
+            progress=continual_progress)
 def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
     """Continual learning over the dataset's tasks; stores FID matrix, A-FID@k, forgetting, samples."""
     name = dataset or cfg.dataset

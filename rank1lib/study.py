@@ -15,7 +15,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file
 
-from . import continual, data, store
+from . import continual, data, estimates, store
 from .models import build_unet, n_params
 from .profiles import set_args
 from .registry import experiment
@@ -61,7 +61,22 @@ def evaluate_point(ev, net, T):
     return float(np.mean(row["fid"])), float(np.mean(row["kid"])), row["fid"]
 
 
-@experiment("cl_study", "joint-model A-FID against training time of one candidate UNet (--set model=...)")
+def study_progress(cfg, dataset=None, seed=0, method=None):
+    """Where one candidate stands (its committed state): training steps still to run at its own measured
+    rate, and the A-FID points not yet evaluated."""
+    from .continual import eval_tag
+    from .train import checkpoint_info
+    d = study_dir(cfg, dataset or cfg.dataset, seed)
+    steps = max(cfg.study_steps)
+    step, secs = checkpoint_info(d / "ckpt") or (0, 0.0)
+    per = secs / step if step else estimates.sec_per_step(cfg.model)
+    todo = [s for s in cfg.study_steps if not (d / f"eval-{s}-{eval_tag(cfg)}.json").exists()]
+    return estimates.progress(step, steps, (steps - step) * per + len(todo) * estimates.SEC_PER_STUDY_EVAL_1T
+                              + estimates.SETUP_S)
+
+
+@experiment("cl_study", "joint-model A-FID against training time of one candidate UNet (--set model=...)",
+            progress=study_progress)
 def cl_study(cfg, dataset=None, seed=0, progress=True):
     """One candidate network: joint A-FID, A-KID and wall time at every `study_steps` point."""
     name = dataset or cfg.dataset

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import data, store
-from .analysis import TRAIN_KEYS, _conf, analysis_dir, analysis_net, spectrum_compute, train_cfg
+from .analysis import TRAIN_KEYS, _conf, analysis_dir, analysis_net, spectrum_compute, train_cfg, training_progress
 from .models import build_unet
 from .profiles import set_args
 from .registry import experiment
@@ -75,7 +75,8 @@ def _loss_near(losses, step, window=32):
     return float(np.mean(part)) if part else None
 
 
-@experiment("trajectory", "Fisher spectrum at log-spaced snapshots of an analysis run (r_t along training)")
+@experiment("trajectory", "Fisher spectrum at log-spaced snapshots of an analysis run (r_t along training)",
+            progress=training_progress)
 def trajectory(cfg, dataset=None, seed=0, arch=None, progress=True):
     """Spectrum statistics at t = 100, 300, ..., 900 (N = fisher_samples) for every stored snapshot."""
     name, arch = dataset or cfg.dataset, arch or cfg.analysis_model

@@ -339,44 +339,58 @@ def test_gpu_tier_runs_in_short_steps_and_skips_what_does_not_fit(tmp_store, mon
     assert "analysis_model=cl" in started[0] and "--seed" in started[0] and "1" in started[0]
 
 
-def test_a_study_item_with_committed_state_is_partial_with_what_is_left(tmp_store):
-    """A network-study item that trained part-way and evaluated some A-FID points shows as partial, and
-    its estimate counts only the steps and points still to do (hand-computed from the constants)."""
+def _unit_costs(monkeypatch, step=0.0, image=0.0, study_eval=0.0, setup=0.0, gd=2.0):
+    """Estimates with chosen unit costs, so that a test counts the work left instead of copying rates."""
+    from rank1lib import estimates
+    monkeypatch.setattr(estimates, "SEC_PER_STEP_1T", {})
+    monkeypatch.setattr(estimates, "sec_per_step", lambda model: step)
+    for name, v in (("SEC_PER_IMAGE_1T", image), ("SEC_PER_STUDY_EVAL_1T", study_eval), ("SETUP_S", setup),
+                    ("GD_COST", gd)):
+        monkeypatch.setattr(estimates, name, v)
+
+
+def test_a_study_item_with_committed_state_is_partial_with_what_is_left(tmp_store, monkeypatch):
+    """A network-study item that trained part-way and evaluated one A-FID point shows as partial; its
+    estimate counts the steps left at the run's own measured rate and the points not yet evaluated."""
     from rank1lib import campaign
     from rank1lib.continual import eval_tag
     from rank1lib.study import study_dir
     cfg = load_profile("cpu")
     item = next(i for i in campaign.all_items(cfg) if i.key == "cl-study-small3")
-    fresh = campaign.item_status(cfg, item)
     icfg = campaign.item_cfg(cfg, item)
-    steps = max(icfg.study_steps)
-    assert fresh["state"] == "pending" and fresh["step"] == 0 and fresh["steps"] == steps
+    steps, points = max(icfg.study_steps), len(icfg.study_steps)
+    _unit_costs(monkeypatch, step=9.0, study_eval=1.0)
+    fresh = campaign.item_status(cfg, item)
+    assert (fresh["state"], fresh["step"], fresh["steps"]) == ("pending", 0, steps)
+    assert fresh["eta_s"] == pytest.approx(steps * 9.0 + points)  # the estimated rate before any step
     d = study_dir(icfg, icfg.dataset, 0)
     (d / "ckpt" / "last").mkdir(parents=True)
-    torch.save({"step": 1000, "seconds": 500.0}, d / "ckpt" / "last" / "trainer.pt")
+    torch.save({"step": 1000, "seconds": 500.0}, d / "ckpt" / "last" / "trainer.pt")  # its own rate: 0.5 s
     (d / f"eval-{icfg.study_steps[0]}-{eval_tag(icfg)}.json").write_text("[1, 2, [3]]")
     st = campaign.item_status(cfg, item)
-    left_points = len(icfg.study_steps) - 1
     assert st["state"] == "partial" and st["step"] == 1000
-    assert st["eta_s"] == pytest.approx((steps - 1000) * 0.5 + left_points * campaign.SEC_PER_STUDY_EVAL_1T + 120)
+    assert st["eta_s"] == pytest.approx((steps - 1000) * 0.5 + points - 1)
 
 
-def test_a_continual_item_counts_only_the_task_steps_still_to_run(tmp_store):
-    """A Table-1 item resumes from its task folders: the status shows the steps done over all tasks and
-    its estimate counts only the steps (a distillation step GD_COST plain ones), FID images and replay
-    images still to make (hand-computed: mnist-5k has 100 held-out images per class, replay 500 per class)."""
+def test_a_continual_item_counts_only_the_task_steps_still_to_run(tmp_store, monkeypatch):
+    """A Table-1 item resumes from its task folders: the status shows the steps done over all tasks, and
+    the estimate counts the steps still to run (a distillation step as GD_COST plain ones), the FID
+    images and the replay images still to make (hand-counted: mnist-5k has 100 held-out images per
+    class, the tier samples 500 replay images per class)."""
     from rank1lib import campaign
     from rank1lib.continual import eval_tag, task_dirs
     cfg = load_profile("cpu")
     items = {i.key: i for i in campaign.table1_items(cfg)}
-    sec, img = campaign.SEC_PER_STEP_1T[cfg.model], campaign.SEC_PER_IMAGE_1T
     n = cfg.epochs * 7  # 800 images per two-class task of mnist-5k, ceil(800 / 128) = 7 steps per epoch
     fid = 200 * (1 + 2 + 3 + 4 + 5)  # FID images of the evaluations after tasks 1..5
     pools = 1000 * (1 + 2 + 3 + 4)  # replay pools after tasks 1..4: 500 per class seen
     item = items["cl-mnist-5k-s0-rank1-gd"]
+    _unit_costs(monkeypatch, step=1.0)  # count steps
     fresh = campaign.item_status(cfg, item)
     assert (fresh["step"], fresh["steps"]) == (0, 5 * n)
-    assert fresh["eta_s"] == pytest.approx((n + 4 * n * campaign.GD_COST) * sec + (fid + pools) * img)
+    assert fresh["eta_s"] == pytest.approx(n + 4 * n * 2.0)
+    _unit_costs(monkeypatch, image=1.0)  # count images
+    assert campaign.item_status(cfg, item)["eta_s"] == fid + pools
     dirs = task_dirs(cfg, "mnist-5k", "rank1-gd", 0)
     for d, step in ((dirs[0], n), (dirs[1], n // 2)):
         (d / "ckpt" / "last").mkdir(parents=True)
@@ -385,15 +399,42 @@ def test_a_continual_item_counts_only_the_task_steps_still_to_run(tmp_store):
     (dirs[0] / "pool-500-50-b1000.pt").write_bytes(b"")
     st = campaign.item_status(cfg, item)
     assert (st["step"], st["steps"]) == (n + n // 2, 5 * n)
-    assert st["eta_s"] == pytest.approx(((n - n // 2) + 3 * n) * campaign.GD_COST * sec
-                                        + (fid - 200 + pools - 1000) * img)
-    # task 1 is shared: Rank-1 without distillation has it done too; its steps cost one each, no pools
+    assert st["eta_s"] == fid - 200 + pools - 1000
+    _unit_costs(monkeypatch, step=1.0)
+    assert campaign.item_status(cfg, item)["eta_s"] == pytest.approx(((n - n // 2) + 3 * n) * 2.0)
+    # task 1 is shared: Rank-1 without distillation has it done too; its steps count one each
     st = campaign.item_status(cfg, items["cl-mnist-5k-s0-rank1"])
-    assert st["step"] == n and st["eta_s"] == pytest.approx(4 * n * sec + (fid - 200) * img)
+    assert st["step"] == n and st["eta_s"] == pytest.approx(4 * n)
     # joint trains the five tasks at once (ceil(4000 / 128) = 32 steps per epoch), one evaluation of all five
     st = campaign.item_status(cfg, items["cl-mnist-5k-s0-joint"])
-    assert (st["step"], st["steps"]) == (0, cfg.epochs * 32)
-    assert st["eta_s"] == pytest.approx(cfg.epochs * 32 * sec + 1000 * img)
+    assert (st["step"], st["steps"], st["eta_s"]) == (0, cfg.epochs * 32, cfg.epochs * 32)
+    _unit_costs(monkeypatch, image=1.0)
+    assert campaign.item_status(cfg, items["cl-mnist-5k-s0-joint"])["eta_s"] == 1000
+
+
+def test_a_learned_task1_item_reports_its_task2_steps_and_what_is_left(tmp_store, monkeypatch):
+    """A two-task item after a stored task 1 of L steps: its task 2 runs L steps (a distillation step as
+    GD_COST plain ones); a committed task-2 checkpoint makes it partial with the steps left; the replay
+    pool (1,000 images) and the FID evaluations (3 seeds x 2 tasks x 200 images) count until made."""
+    from rank1lib import campaign, continual, store
+    from rank1lib.learned_task1 import name_of, root
+    from rank1lib.runs import dataset_cfg
+    cfg = load_profile("cpu")
+    items = {i.key: i for i in campaign.learned_items(cfg)}
+    L = 1000
+    store.save("cpu", "learned_task1", name_of("mnist-5k", None, 0, None), {}, {"steps": L})
+    _unit_costs(monkeypatch, step=1.0)
+    st = campaign.item_status(cfg, items["l1-mnist-5k-s0-gd"])
+    assert (st["state"], st["step"], st["steps"], st["eta_s"]) == ("pending", 0, L, pytest.approx(2.0 * L))
+    icfg = dataset_cfg(campaign.item_cfg(cfg, items["l1-mnist-5k-s0-finetune"]), "mnist-5k")
+    d2 = root(icfg, "mnist-5k", 0) / continual.lineage(icfg, "finetune", 1) / "task2" / "ckpt" / "last"
+    d2.mkdir(parents=True)
+    torch.save({"step": 600, "seconds": 1.0}, d2 / "trainer.pt")
+    st = campaign.item_status(cfg, items["l1-mnist-5k-s0-finetune"])
+    assert (st["state"], st["step"], st["eta_s"]) == ("partial", 600, pytest.approx(L - 600))
+    _unit_costs(monkeypatch, image=1.0)
+    assert campaign.item_status(cfg, items["l1-mnist-5k-s0-gd"])["eta_s"] == 1000 + 3 * 2 * 200
+    assert campaign.item_status(cfg, items["l1-mnist-5k-s0-finetune"])["eta_s"] == 3 * 2 * 200
 
 
 def test_only_and_skip_select_items_by_glob():

@@ -11,7 +11,7 @@ LAYERS = [
     {"store", "distributed", "plots", "mnist_wheel", "paper", "seeds"},                                     # plumbing
     {"data", "models", "diffusion", "curvature", "curvature.engines", "curvature.hooks",
      "curvature.statistics", "curvature.spectrum", "curvature.penalties"},              # concepts
-    {"fisher", "train", "replay", "fid", "vae", "profiles", "registry"},                  # the book's adapters, tiers
+    {"fisher", "train", "replay", "fid", "vae", "profiles", "registry", "estimates"},                # the book's adapters, tiers
     {"continual", "analysis", "trajectory", "experiments", "study", "learned_task1", "runs",
      "peers"},                                                                             # experiments
     {"scales", "claims", "status", "provenance", "bench", "bench_fisher", "bench_train", "bench_peers", "spectrum_figures", "continual_figures",

@@ -126,7 +126,7 @@ def measured(name, cfg):
 # config so that adding them does not orphan stored benchmark results.
 NOT_READ = ("study_steps", "cl_amp", "cl_compile", "analysis_amp_models", "task1_max_steps",
             "cl_datasets", "cl_other_train_per_class", "cl_other_fid_per_class", "cl_other_seeds",
-            "second_dataset_per_class")
+            "second_dataset_per_class", "campaign_plan", "ledger_scales")
 
 
 def stored_or_run(name, cfg, force=False, replace=False):

@@ -238,8 +238,8 @@ def gpu_items(cfg) -> list:
 
 def all_items(cfg) -> list:
     """Every item of the profile's tier in campaign order: the Fisher chapters' items in progress,
-    the network study, then the remaining Fisher items and Table 1 (the gpu tier: gpu_items)."""
-    if cfg.name == "gpu":
+    the network study, then the remaining Fisher items and Table 1 (a short-calls plan, the gpu tier: gpu_items)."""
+    if cfg.campaign_plan == "short-calls":
         return gpu_items(cfg)
     fisher = fisher_items(cfg)
     first = [i for i in fisher if i.key not in ("base-s1", "base-s2", "base-s0-x4")]

@@ -314,7 +314,7 @@ def at_scale(cid, scale) -> dict | None:
     elif cid == "C13":
         from .trajectory import init_spread, trajectory
         cfg = scale.cfg()
-        trecs = {s: _get(trajectory, cfg, arch=scale.arch, seed=s) for s in recs} if scale.profile == "cpu" else {}
+        trecs = {s: _get(trajectory, cfg, arch=scale.arch, seed=s) for s in recs}
         trecs = {s: r for s, r in trecs.items() if r is not None}
         irec = _get(init_spread, cfg, arch=scale.arch) if trecs else None
         if not trecs or irec is None:
@@ -562,7 +562,7 @@ def ledger(profile) -> list:
                "rule": c.rule, "ours": None, "checks": [], "verdict": "pending", "settings": [],
                "profile": profile}
         ev = EVALUATORS.get(c.id)
-        row["scales"] = scale_rows(c.id) if c.id in SCALED and profile == "cpu" else []
+        row["scales"] = scale_rows(c.id) if c.id in SCALED and cfg.ledger_scales else []
         out = ev(cfg) if ev and not row["scales"] else None
         if row["scales"]:  # the headline: the paper's budget where it is stored, else the next scale
             head = row["scales"][0]

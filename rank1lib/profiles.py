@@ -108,6 +108,8 @@ SCHEMA = {
     "cl_other_fid_per_class": (int, *_int_at_least(0)),
     "cl_other_seeds": (int, *_int_at_least(0)),
     "second_dataset_per_class": (int, *_int_at_least(0)),
+    "campaign_plan": (str, *_choices("tier", "short-calls")),
+    "ledger_scales": (bool, lambda v: True, "true or false"),
     "heavy": (bool, lambda v: True, "true or false"),
     "cli_only": (bool, lambda v: True, "true or false"),
     "state_in_store": (bool, lambda v: True, "true or false"),

@@ -146,6 +146,15 @@ def training_progress(cfg, dataset=None, seed=0, method=None):
     return estimates.progress(step, steps, max(steps - step, 0) * per)
 
 
+def training_leftovers(cfg, dataset=None, seed=0, method=None):
+    """A finished analysis model keeps its final weights and loss curve (last/, without Adam) and loses its
+    snapshots (their spectra are stored as trajectory results)."""
+    from .train import has_optimiser
+    _, d = analysis_dir(cfg, dataset or cfg.dataset, seed, cfg.analysis_model)
+    out = [(d / "snapshots", "snapshots")] if (d / "snapshots").exists() else []
+    return d, out + ([(d, "optimiser")] if has_optimiser(d) else [])
+
+
 @experiment("tweedie", "Fig. 1: MSE between x_t and sqrt(1 - alpha_bar_t) eps_hat at t = 100..900",
             progress=training_progress)
 def tweedie_mse(cfg, dataset=None, seed=0, arch=None, progress=True):
@@ -196,7 +205,7 @@ def spectrum_compute(net, x, y, n_samples, timesteps, seed, progress=True, k=5):
 
 
 @experiment("spectrum", "Fig. 2, 3, 6: exact empirical-Fisher spectrum per timestep via the Gram matrix",
-            progress=training_progress)
+            progress=training_progress, leftovers=training_leftovers)
 def spectrum(cfg, dataset=None, seed=0, arch=None, progress=True):
     """Fig. 3 (a-d), Fig. 2 cosines, Fig. 6 for arch in small1/small3/base, and the 35.7M cl UNet."""
     name, arch = dataset or cfg.dataset, arch or cfg.analysis_model

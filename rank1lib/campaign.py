@@ -388,39 +388,21 @@ def run_item(cfg, item, threads, deadline, log_dir, device=None):
 
 
 def finished_state(cfg, items, statuses) -> list:
-    """(path, kind) of the committed training state that finished items no longer need.
-
-    A done analysis item keeps its final weights and loss curve (last/, without Adam) and loses its
-    snapshots (their spectra are stored as trajectory results). A continual run folder whose items
-    are all done keeps task 1's weights (a new method starts from them) and its JSON records, and
-    loses the replay pools, samples and task statistics (recomputed on demand). Partial and pending
-    items keep everything."""
-    from .analysis import analysis_dir
-    from .continual import run_root
-    out, roots = [], {}
+    """(path, kind) of the committed training state that finished items no longer need, as each item's
+    first experiment names it (registry: leftovers=), for groups whose items are all done. Partial and
+    pending items keep everything."""
+    from .registry import load_all
+    exps, groups = load_all(), {}
     for it, st in zip(items, statuses):
-        if it.arch:
-            icfg = item_cfg(cfg, it)
-            _, d = analysis_dir(icfg, icfg.dataset, it.seed, it.arch)
-            if st["state"] == "done":
-                out += [(d / "snapshots", "snapshots")] if (d / "snapshots").exists() else []
-                out += [(d, "optimiser")] if _has_optimiser(d) else []
-        elif it.cmds[0].experiment == "continual":
-            icfg = item_cfg(cfg, it)
-            from .runs import dataset_cfg
-            r = run_root(dataset_cfg(icfg, it.dataset), it.dataset, it.seed)
-            roots.setdefault(r, []).append(st["state"] == "done")
-    for r, done in roots.items():
-        if all(done) and r.exists():
-            out += [(f, "task statistics and replay") for f in sorted(r.rglob("*.pt"))
-                    if f.name.startswith(("stats-", "pool-", "samples-"))]
-    return out
-
-
-def _has_optimiser(d) -> bool:
-    import torch
-    f = Path(d) / "last" / "trainer.pt"
-    return f.exists() and torch.load(f, map_location="cpu", weights_only=False).get("opt") is not None
+        c = it.cmds[0]
+        name = exps[c.experiment].leftovers
+        if name is None:
+            continue
+        icfg = item_cfg(cfg, it)
+        key, paths = name(icfg, icfg.dataset, c.seed, c.method)
+        g = groups.setdefault(key, {"done": [], "paths": paths})
+        g["done"].append(st["state"] == "done")
+    return [p for g in groups.values() if all(g["done"]) for p in g["paths"]]
 
 
 def prune_finished(cfg, items=None, dry_run=False) -> list:

@@ -9,12 +9,14 @@ MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.trajectory", "
            "rank1lib.learned_task1"]
 
 
-def experiment(name, help="", progress=None):
+def experiment(name, help="", progress=None, leftovers=None):
     """Decorator: register fn(cfg, dataset, seed, **kw) under `name`; a bad dataset or seed (from the
     CLI, a notebook parameter or a call) is refused with one ConfigError line before any work.
 
     progress(cfg, dataset, seed, method=None): where its resumable training stands, from the store
-    alone (estimates.progress: steps done, steps planned, seconds left), or None when it has none."""
+    alone (estimates.progress: steps done, steps planned, seconds left), or None when it has none.
+    leftovers(cfg, dataset, seed, method=None): (group, [(path, kind)]) of the training state that is no
+    longer needed once every campaign item of its group (e.g. all methods sharing a run folder) is done."""
     def wrap(fn):
         sig = inspect.signature(fn)
 
@@ -30,6 +32,7 @@ def experiment(name, help="", progress=None):
             return fn(*args, **kw)
         checked.help = help or (fn.__doc__ or "").strip().splitlines()[0]
         checked.progress = progress
+        checked.leftovers = leftovers
         EXPERIMENTS[name] = checked
         return checked
     return wrap

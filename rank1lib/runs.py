@@ -97,8 +97,18 @@ def continual_progress(cfg, dataset=None, seed=0, method=None):
                               left * estimates.sec_per_step(dcfg.model) + images * estimates.SEC_PER_IMAGE_1T)
 
 
+def continual_leftovers(cfg, dataset=None, seed=0, method=None):
+    """The run folder of one (dataset, seed), shared by all methods: once every method is done it keeps task
+    1's weights (a new method starts from them) and its JSON records, and loses the replay pools, samples
+    and task statistics (recomputed on demand)."""
+    ds = dataset or cfg.dataset
+    r = continual.run_root(dataset_cfg(cfg, ds), ds, seed)
+    files = sorted(r.rglob("*.pt")) if r.exists() else []
+    return r, [(f, "task statistics and replay") for f in files if f.name.startswith(("stats-", "pool-", "samples-"))]
+
+
 @experiment("continual", "class-incremental run of one --method (all Table-1 methods without it)",
-            progress=continual_progress)
+            progress=continual_progress, leftovers=continual_leftovers)
 def continual_run(cfg, dataset=None, seed=0, method=None, progress=True):
     """Continual learning over the dataset's tasks; stores FID matrix, A-FID@k, forgetting, samples."""
     name = dataset or cfg.dataset

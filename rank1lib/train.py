@@ -220,6 +220,12 @@ def _load_state(model, opt, ckpt_dir: Path, steps=None) -> dict:
     return {"step": 0, "losses": [], "seconds": 0.0, "by_device": {}}
 
 
+def has_optimiser(ckpt_dir: Path) -> bool:
+    """Whether ckpt_dir/last/trainer.pt holds optimiser state."""
+    f = Path(ckpt_dir) / "last" / "trainer.pt"
+    return f.exists() and torch.load(f, map_location="cpu", weights_only=False).get("opt") is not None
+
+
 def drop_optimiser(ckpt_dir: Path) -> bool:
     """Rewrite ckpt_dir/last/trainer.pt without its optimiser state (atomically); True if it had one."""
     f = Path(ckpt_dir) / "last" / "trainer.pt"

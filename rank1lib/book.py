@@ -142,7 +142,7 @@ def provenance_line(rec) -> str:
     """One line naming the device, commit, date and wall time that produced a stored result."""
     p = rec["provenance"]
     wall = f", {p['wall_s']:.0f} s" if p.get("wall_s") else ""
-    threads = f" ({p['threads']} threads)" if p.get("threads") else ""
+    threads = (f" ({p['threads']} thread{'s' if p['threads'] != 1 else ''})" if p.get("threads") else "")
     data = "; data: " + "; ".join(f"{k} from {v}" for k, v in p["data"].items()) if p.get("data") else ""
     note = f"; note: {p['note']}" if p.get("note") else ""
     return (f"{rec['experiment']}/{rec['name']} [{rec['profile']}]: computed on {p['device']}{threads}, commit "

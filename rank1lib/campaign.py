@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import store
-from .profiles import Config, load_profile, reading
-
 from .estimates import SEC_PER_SPECTRUM_T_1T, SETUP_S, sec_per_step
+from .profiles import Config, load_profile, reading
 
 EXIT_DEADLINE = 3
 _STOP = threading.Event()  # set by Ctrl-C / SIGTERM: children are asked to checkpoint and stop

@@ -399,6 +399,8 @@ def finished_state(cfg, items, statuses) -> list:
             continue
         icfg = item_cfg(cfg, it)
         key, paths = name(icfg, icfg.dataset, c.seed, c.method)
+        if key is None:
+            continue
         g = groups.setdefault(key, {"done": [], "paths": paths})
         g["done"].append(st["state"] == "done")
     return [p for g in groups.values() if all(g["done"]) for p in g["paths"]]

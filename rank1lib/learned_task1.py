@@ -170,8 +170,20 @@ def learned_progress(cfg, dataset=None, seed=0, method=None):
     return estimates.progress(step2, n2, left1 + left2)
 
 
+def learned_leftovers(cfg, dataset=None, seed=0, method=None):
+    """A finished task 2 keeps its evaluations (JSON) and loses its weights (its result is stored); task 1's
+    state stays, since every method starts from it."""
+    if method is None:
+        return None, []
+    from .runs import dataset_cfg
+    name = dataset or cfg.dataset
+    cfg = dataset_cfg(cfg, name)
+    d2 = root(cfg, name, seed) / continual.lineage(cfg, method, 1) / "task2"
+    return d2, [(d2 / "ckpt", "weights of a finished task 2")] if (d2 / "ckpt").exists() else []
+
+
 @experiment("learned_task1", "task 1 trained until learned, then task 2 under --method (a learned task 1)",
-            progress=learned_progress)
+            progress=learned_progress, leftovers=learned_leftovers)
 def learned_task1(cfg, dataset=None, seed=0, method=None, progress=True):
     """Without --method: task 1's FID curve and the chosen length; with it: that method's task 2 (at the
     profile's lam: pass --set lam=... for the other lambdas)."""

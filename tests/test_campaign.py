@@ -614,3 +614,26 @@ def test_every_campaign_command_names_a_registered_experiment(profile):
     known = out.split()
     wanted = {c.experiment for it in campaign.all_items(load_profile(profile)) for c in it.cmds}
     assert wanted - set(known) == set()
+
+
+def test_prune_drops_a_finished_task2_but_keeps_task1_and_unfinished_runs(tmp_store, monkeypatch):
+    """Two-task items: once a method's item is done its task-2 weights go (evaluations stay); task 1's
+    state and a method still running keep everything."""
+    from rank1lib import campaign, continual
+    from rank1lib.learned_task1 import root
+    from rank1lib.runs import dataset_cfg
+    cfg = load_profile("cpu")
+    items = campaign.learned_items(cfg)
+    icfg = dataset_cfg(campaign.item_cfg(cfg, items[0]), "mnist-5k")
+    r = root(icfg, "mnist-5k", 0)
+    (r / "task1" / "ckpt" / "last").mkdir(parents=True)
+    dirs = {m: r / continual.lineage(icfg, m, 1) / "task2" for m in ("finetune", "gd")}
+    for d in dirs.values():
+        (d / "ckpt" / "last").mkdir(parents=True)
+        (d / "ckpt" / "last" / "w.safetensors").write_bytes(b"0" * 10)
+        (d / "eval-after-fs0-x.json").write_text("{}")
+    done = {"l1-mnist-5k-s0-task1", "l1-mnist-5k-s0-finetune"}
+    monkeypatch.setattr(campaign, "item_status", lambda c, it: {"state": "done" if it.key in done else "partial"})
+    campaign.prune_finished(cfg, items)
+    assert not (dirs["finetune"] / "ckpt").exists() and (dirs["finetune"] / "eval-after-fs0-x.json").exists()
+    assert (dirs["gd"] / "ckpt" / "last" / "w.safetensors").exists() and (r / "task1" / "ckpt").exists()

@@ -45,6 +45,7 @@ class Cmd:
     seed: int = 0
     sets: dict = field(default_factory=dict)
     method: str | None = None
+    feeds: tuple = ()  # the status artefacts (status.ARTEFACTS keys) whose tables and figures need its result
 
     def argv(self, profile):
         a = ["run", self.experiment, "--profile", profile, "--seed", str(self.seed)]
@@ -73,13 +74,15 @@ class Item:
     minutes: float = 0  # measured wall minutes on the tier's device, where known (estimates; fits-in check)
 
 
-def analysis_item(cfg, key, title, arch, dataset=None, seed=0, sets=None, trajectory=False) -> Item:
+def analysis_item(cfg, key, title, arch, dataset=None, seed=0, sets=None, trajectory=False, feeds=()) -> Item:
     """One analysis UNet's item: train it (resumable), its spectrum and Tweedie test, and optionally the
-    spectrum at its log-spaced snapshots (trajectory)."""
+    spectrum at its log-spaced snapshots (trajectory). feeds: {experiment: artefacts} of its commands."""
     sets = dict(sets or {}, analysis_model=arch)
-    cmds = [Cmd("spectrum", dataset, seed, sets), Cmd("tweedie", dataset, seed, sets)]
+    feeds = dict(feeds)
+    cmds = [Cmd("spectrum", dataset, seed, sets, feeds=feeds.get("spectrum", ())),
+            Cmd("tweedie", dataset, seed, sets, feeds=feeds.get("tweedie", ()))]
     if trajectory:
-        cmds.append(Cmd("trajectory", dataset, seed, sets))
+        cmds.append(Cmd("trajectory", dataset, seed, sets, feeds=feeds.get("trajectory", ())))
     return Item(key, title, cmds, arch, dataset, seed, sets, len(cfg.fisher_timesteps) + (70 if trajectory else 0))
 
 
@@ -91,21 +94,23 @@ def fisher_items(cfg) -> list:
         items.append(analysis_item(cfg, *args, **kw))
 
     run_item("base-s0", "base UNet, mnist-5k, seed 0 (Fig. 1, 2, 3; trajectory; chapter-1 samples)", "base",
-             trajectory=True)
+             trajectory=True, feeds={"spectrum": ("spectrum",), "tweedie": ("tweedie",),
+                                     "trajectory": ("trajectory",)})
     items[-1].cmds.append(Cmd("train", None, 0, {"model": "base"}))
     # the two short items first, so that a second worker finishes them in the first sitting
-    items.append(Item("vae", "VAE, beta = 1 and 1e-3 (App. C)", [Cmd("vae")]))
+    items.append(Item("vae", "VAE, beta = 1 and 1e-3 (App. C)", [Cmd("vae", feeds=("vae",))]))
     items.append(Item("init-spread", "base UNet at initialisation, 5 seeds (trajectory controls)",
-                      [Cmd("init_spread")], spectra_t=25))
-    run_item("small3-s0", "Small-3 UNet, mnist-5k, seed 0 (Fig. 6)", "small3")
-    run_item("small1-s0", "Small-1 UNet, mnist-5k, seed 0 (Fig. 6)", "small1")
+                      [Cmd("init_spread", feeds=("trajectory",))], spectra_t=25))
+    run_item("small3-s0", "Small-3 UNet, mnist-5k, seed 0 (Fig. 6)", "small3", feeds={"spectrum": ("sizes",)})
+    run_item("small1-s0", "Small-1 UNet, mnist-5k, seed 0 (Fig. 6)", "small1", feeds={"spectrum": ("sizes",)})
     from .analysis import second_dataset_cfg
     fm = second_dataset_cfg(cfg, "fmnist")
     run_item("base-fmnist-s0", f"base UNet, Fashion-MNIST {fm.train_per_class or 'all'} per class, seed 0 "
              "(beyond the paper)", "base", dataset="fmnist",
-             sets={k: fm[k] for k in ("train_per_class",) if fm[k] != cfg[k]})
-    run_item("base-s1", "base UNet, mnist-5k, seed 1 (error bars)", "base", seed=1, trajectory=True)
-    run_item("base-s2", "base UNet, mnist-5k, seed 2 (error bars)", "base", seed=2, trajectory=True)
+             sets={k: fm[k] for k in ("train_per_class",) if fm[k] != cfg[k]}, feeds={"spectrum": ("fmnist",)})
+    bars = {"spectrum": ("spectrum",), "trajectory": ("trajectory",)}  # Fig. 3's error bars
+    run_item("base-s1", "base UNet, mnist-5k, seed 1 (error bars)", "base", seed=1, trajectory=True, feeds=bars)
+    run_item("base-s2", "base UNet, mnist-5k, seed 2 (error bars)", "base", seed=2, trajectory=True, feeds=bars)
     longer = {"analysis_model": "base", "analysis_epochs": 4 * cfg.analysis_epochs}
     items.append(Item("base-s0-x4", f"base UNet, mnist-5k, seed 0 continued to {4 * cfg.analysis_epochs} epochs "
                       "(trajectory; lowest priority)", [Cmd("trajectory", None, 0, longer)], "base", None, 0,
@@ -119,25 +124,26 @@ def paper_budget_items(cfg) -> list:
     epochs (93,800 steps at batch 128, as App. D), then Small-1 and Small-3 there (claim C7)."""
     e = cfg.analysis_epochs
 
-    def init(key, arch, dataset=None):  # the re-initialised controls of a trajectory (claim C13)
+    def init(key, arch, dataset=None, feeds=()):  # the re-initialised controls of a trajectory (claim C13)
         sets = {"analysis_model": arch}
         return Item(key, f"{arch} UNet at initialisation, {dataset or cfg.dataset}, 5 seeds (trajectory controls)",
-                    [Cmd("init_spread", dataset, 0, sets)], None, dataset, 0, sets, spectra_t=25)
+                    [Cmd("init_spread", dataset, 0, sets, feeds=feeds)], None, dataset, 0, sets, spectra_t=25)
+    resnet, paper = {"spectrum": ("base-resnet",), "tweedie": ("base-resnet",), "trajectory": ("base-resnet",)}, {"spectrum": ("paper-budget",), "tweedie": ("paper-budget",), "trajectory": ("paper-budget",)}
     return [analysis_item(cfg, "base-resnet-s0", f"base UNet without attention (App. D literally), {cfg.dataset}, "
-                          "seed 0 (architecture ablation)", "base-resnet", trajectory=True),
+                          "seed 0 (architecture ablation)", "base-resnet", trajectory=True, feeds=resnet),
             Item("vae-mean", "VAE with a per-pixel-mean squared error, beta = 1 and 1e-3 (App. C, claim C6)",
-                 [Cmd("vae_mean")], minutes=8),  # the summed form's item took 467 s
-            init("init-spread-base-resnet", "base-resnet"),
-            init("mnist-init-spread", "base", "mnist"),
-            init("mnist-init-spread-base-resnet", "base-resnet", "mnist"),
+                 [Cmd("vae_mean", feeds=("vae",))], minutes=8),  # the summed form's item took 467 s
+            init("init-spread-base-resnet", "base-resnet", feeds=("base-resnet",)),
+            init("mnist-init-spread", "base", "mnist", feeds=("paper-budget",)),
+            init("mnist-init-spread-base-resnet", "base-resnet", "mnist", feeds=("base-resnet",)),
             analysis_item(cfg, "mnist-base-s0", f"base UNet, full MNIST, {e} epochs, seed 0 (the paper's budget; "
-                          "Fig. 1-3, trajectory)", "base", dataset="mnist", trajectory=True),
+                          "Fig. 1-3, trajectory)", "base", dataset="mnist", trajectory=True, feeds=paper),
             analysis_item(cfg, "mnist-base-resnet-s0", f"base UNet without attention, full MNIST, {e} epochs, "
-                          "seed 0", "base-resnet", dataset="mnist", trajectory=True),
+                          "seed 0", "base-resnet", dataset="mnist", trajectory=True, feeds=resnet),
             analysis_item(cfg, "mnist-small3-s0", f"Small-3 UNet, full MNIST, {e} epochs, seed 0 (Fig. 6)", "small3",
-                          dataset="mnist"),
+                          dataset="mnist", feeds=paper),
             analysis_item(cfg, "mnist-small1-s0", f"Small-1 UNet, full MNIST, {e} epochs, seed 0 (Fig. 6)", "small1",
-                          dataset="mnist")]
+                          dataset="mnist", feeds=paper)]
 
 
 def learned_items(cfg, dataset=None, seed=0) -> list:
@@ -147,13 +153,14 @@ def learned_items(cfg, dataset=None, seed=0) -> list:
     from .learned_task1 import RUNS
     ds, n = dataset or cfg.dataset, cfg.task1_max_steps
     out = [Item(f"l1-{ds}-s{seed}-task1", f"task 1 of {ds} trained until learned (at most {n} steps), seed {seed}",
-                [Cmd("learned_task1", ds, seed)], None, ds, seed)]
+                [Cmd("learned_task1", ds, seed, feeds=("learned-task1",))], None, ds, seed)]
     for method, lam in RUNS:
         sets = {"lam": lam} if lam is not None else {}
         out.append(Item(f"l1-{ds}-s{seed}-{method}" + (f"-lam{lam:g}" if lam is not None else ""),
                         f"{method} on task 2 after a learned task 1, {ds}, seed {seed}"
                         + (f", lambda = {lam:g}" if lam is not None else ""),
-                        [Cmd("learned_task1", ds, seed, sets, method=method)], None, ds, seed, sets))
+                        [Cmd("learned_task1", ds, seed, sets, method=method, feeds=("learned-task1",))], None,
+                        ds, seed, sets))
     return out
 
 
@@ -161,7 +168,7 @@ def study_items(cfg) -> list:
     """The network study of the continual-learning tier: one joint model per candidate."""
     from .study import CANDIDATES
     return [Item(f"cl-study-{m}", f"joint {m} UNet on {cfg.dataset}, A-FID at {len(cfg.study_steps)} points "
-                 "(network study for Table 1)", [Cmd("cl_study", None, 0, {"model": m})], None, None, 0,
+                 "(network study for Table 1)", [Cmd("cl_study", None, 0, {"model": m}, feeds=("table1",))], None, None, 0,
                  {"model": m}, steps=max(cfg.study_steps)) for m in CANDIDATES]
 
 
@@ -196,9 +203,10 @@ def table1_items(cfg) -> list:
             lam_block = f"waits for the lambda sweep ({e})"
 
     def item(ds, seed, m, title, sets=None, why=blocked):  # estimates: runs.continual_progress
+        feeds = ("ablations",) if sets or m not in TABLE1 else ("table1",)  # lambda sweep, fine-tuning, rank-k
         return Item(cl_item(ds, seed, m, (sets or {}).get("lam")), title,
-                    [Cmd("continual", ds, seed, dict(sets or {}), method=m)], None, ds, seed, dict(sets or {}),
-                    blocked=why)
+                    [Cmd("continual", ds, seed, dict(sets or {}), method=m, feeds=feeds)], None, ds, seed,
+                    dict(sets or {}), blocked=why)
 
     def sweep(m):
         return [item(cfg.dataset, 0, m, f"{m} on {cfg.dataset}, seed 0, lambda = {lam:g} (lambda sweep)",
@@ -224,7 +232,7 @@ def gpu_items(cfg) -> list:
     one H200 ran at 1,490 img/s each against 2,465 alone."""
     cl = {"analysis_model": "cl", "analysis_epochs": 200}
     fm = dict(cl, train_per_class=500)
-    spec = lambda ds, seed, sets: [Cmd("spectrum", ds, seed, sets)]  # noqa: E731
+    spec = lambda ds, seed, sets: [Cmd("spectrum", ds, seed, sets, feeds=("cl-spectrum",))]  # noqa: E731
     return [Item("cl-mnist-5k-s0", "35.7M UNet spectrum, mnist-5k, 200 epochs, seed 0 (chapter 3)",
                  spec("mnist-5k", 0, cl), None, "mnist-5k", 0, cl, minutes=6),
             Item("cl-fmnist-s0", "35.7M UNet spectrum, Fashion-MNIST 500 per class, 200 epochs, seed 0",
@@ -245,7 +253,7 @@ def all_items(cfg) -> list:
     rest = [i for i in fisher if i not in first]
     paper = paper_budget_items(cfg)
     fid_item = Item("fid-resize", "FID floors and the task-1 model under both Inception resizes (chapter 5)",
-                    [Cmd("fid_resize")], minutes=30)  # ~8,000 Inception images and 200 DDIM samples, one thread
+                    [Cmd("fid_resize", feeds=("table1",))], minutes=30)  # ~8,000 Inception images and 200 DDIM samples, one thread
     return (first + study_items(cfg) + rest[:2] + table1_items(cfg) + paper[:-2] + [fid_item] + learned_items(cfg)
             + paper[-2:] + rest[2:])
 

@@ -2,10 +2,12 @@
 
 python -m rank1lib status --profile P      (also written into the book's first page by `make book`)
 
-Each row names a paper figure or table, the chapter that shows it and the stored results it needs;
-its status is read from the store only (nothing is computed): `real result` when every result is
-stored at an evidence tier (cpu, gpu, paper), `smoke test` at the toy profiles, `partial k/n` or
-`pending` with the command that computes the first missing result.
+Each row names a paper figure or table and the chapter that shows it; the results it needs are those
+of the campaign's commands that say they feed it (campaign.Cmd.feeds), so the status asks for exactly
+what the campaign schedules. Its status is read from the store only (nothing is computed): `real
+result` when every result is stored at an evidence tier (cpu, gpu, paper), `smoke test` at the toy
+profiles, `partial k/n` or `pending` with the command that computes the first missing result, `not in
+the tier` when the profile's campaign has nothing for it.
 """
 from dataclasses import dataclass
 
@@ -20,7 +22,7 @@ class Artefact:
     paper: str
     what: str
     chapter: str
-    needs: str  # key of NEEDS: the stored results behind it
+    needs: str  # the key the campaign's commands name in their `feeds`
 
 
 ARTEFACTS = [
@@ -30,8 +32,10 @@ ARTEFACTS = [
     Artefact("App. C", "VAE vs DDPM top-eigenvalue share", "04_model_size_and_vae", "vae"),
     Artefact("beyond the paper", "spectrum on Fashion-MNIST", "03_fisher_spectrum", "fmnist"),
     Artefact("beyond the paper", "Fisher along training, re-initialised controls", "03_fisher_spectrum", "trajectory"),
-    Artefact("Fig. 1-3 at the paper's budget", "base UNet on full MNIST, 200 epochs (93,800 steps)",
-             "03_fisher_spectrum", "paper-budget"),
+    Artefact("Fig. 1-3, 6 at the paper's budget", "base, Small-3 and Small-1 UNets on full MNIST, 200 epochs "
+             "(93,800 steps)", "03_fisher_spectrum", "paper-budget"),
+    Artefact("Fig. 3 on the paper's network", "the 35.7M continual-learning UNet's spectrum (needs a GPU)",
+             "03_fisher_spectrum", "cl-spectrum"),
     Artefact("App. D without attention", "the base UNet with ResNet blocks only, mnist-5k and full MNIST",
              "03_fisher_spectrum", "base-resnet"),
     Artefact("Table 1, Fig. 4", "continual learning, all methods", "05_continual_learning", "table1"),
@@ -42,31 +46,19 @@ ARTEFACTS = [
 
 
 def _needs(key, cfg):
-    """The calls that load the results behind one artefact (each raises ResultPending when absent; none
-    computes)."""
-    from . import analysis, continual, learned_task1, runs, trajectory
-    from .profiles import Config, reading
-    cfg = reading(cfg)
-    spec = lambda c, **kw: (lambda: analysis.spectrum(c, progress=False, **kw))  # noqa: E731
-    full = Config(cfg, dataset="mnist")
-    two = lambda m, lam: (lambda: learned_task1.learned_task1(  # noqa: E731
-        Config(cfg, lam=lam) if lam is not None else cfg, cfg.dataset, 0, m, progress=False))
-    run = lambda m, s: (lambda: runs.continual_run(cfg, cfg.dataset, s, m, progress=False))  # noqa: E731
-    return {
-        "tweedie": lambda: [lambda: analysis.tweedie_mse(cfg, progress=False)],
-        "spectrum": lambda: [spec(cfg)],
-        "sizes": lambda: [spec(cfg, arch=a) for a in ("small1", "small3")],
-        "vae": lambda: [lambda: analysis.vae_share(cfg, progress=False)],
-        "fmnist": lambda: [spec(analysis.second_dataset_cfg(cfg, "fmnist"))],
-        "trajectory": lambda: [lambda: trajectory.trajectory(cfg, progress=False),
-                               lambda: trajectory.init_spread(cfg, progress=False)],
-        "table1": lambda: [run(m, s) for m in continual.TABLE1 for s in cfg.seeds],
-        "ablations": lambda: [run(m, 0) for m in ("rankk-gd", "finetune")],  # seed 0, as the tier runs them
-        "paper-budget": lambda: [spec(full), lambda: analysis.tweedie_mse(full, progress=False),
-                                 lambda: trajectory.trajectory(full, progress=False)],
-        "base-resnet": lambda: [spec(cfg, arch="base-resnet"), spec(full, arch="base-resnet")],
-        "learned-task1": lambda: [two(None, None)] + [two(m, lam) for m, lam in learned_task1.RUNS],
-    }[key]()
+    """The calls that load the results behind one artefact: the commands of the profile's campaign
+    (campaign.all_items) that feed it, each asked through a reader config (ResultPending when absent;
+    none computes). An artefact no item feeds is not part of the tier."""
+    from .campaign import all_items
+    from .profiles import reading
+    from .registry import load_all
+    exps = load_all()
+
+    def call(c):
+        icfg = reading(load_profile(cfg.name, **c.sets, **({"dataset": c.dataset} if c.dataset else {})))
+        return lambda: exps[c.experiment](icfg, icfg.dataset, c.seed, progress=False,
+                                          **({"method": c.method} if c.method else {}))
+    return [call(c) for it in all_items(cfg) for c in it.cmds if key in c.feeds]
 
 
 def _probe(calls):
@@ -89,7 +81,9 @@ def rows(profile) -> list:
     out = []
     for a in ARTEFACTS:
         have, total, msg = _probe(_needs(a.needs, cfg))
-        if have == total:
+        if total == 0:
+            status = f"not in the {profile} tier"
+        elif have == total:
             status = "smoke test" if profile in TOY_PROFILES else f"real result ({profile} tier)"
         else:
             status = "pending" if have == 0 else f"partial ({have}/{total} results)"

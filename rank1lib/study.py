@@ -123,7 +123,7 @@ def cl_study(cfg, dataset=None, seed=0, progress=True):
     rec = store.load_or_compute(cfg.name, "cl_study", f"{name}-{cfg.model}-s{seed}", conf, compute,
                                 **store.policy(cfg),
                                 command=f"python -m rank1lib run cl_study --profile {cfg.name} --dataset {name} "
-                                        f"--seed {seed} --set model={cfg.model}{set_args(cfg)}")
+                                        f"--seed {seed} --set model={cfg.model}{set_args(cfg, ('dataset', 'model'))}")
     return rec
 
 

@@ -10,12 +10,19 @@ from rank1lib.profiles import load_profile, parse_sets, reading
 
 
 def test_status_follows_the_store(tmp_store):
+    """An empty store: every artefact of the tier is pending with a command, the 35.7M UNet's (a gpu item)
+    is not in it; storing App. C's two results (the VAE item and its per-pixel-mean form) turns that row,
+    and only it, into a smoke test."""
     before = {r["what"]: r for r in status.rows("ci")}
+    outside = {k for k, r in before.items() if r["status"] == "not in the ci tier"}
+    assert outside == {next(k for k in before if "35.7M" in k)}
     assert all(r["status"] == "pending" and r["command"].startswith("python -m rank1lib run ")
-               for r in before.values())
+               for k, r in before.items() if k not in outside)
     analysis.vae_share(load_profile("ci"), progress=False)
+    vae = next(k for k in before if "VAE" in k)
+    assert status.rows("ci")[[r["what"] for r in status.rows("ci")].index(vae)]["status"] == "partial (1/2 results)"
+    analysis.vae_share_mean(load_profile("ci"), progress=False)
     after = {r["what"]: r for r in status.rows("ci")}
-    vae = next(k for k in after if "VAE" in k)
     assert after[vae]["status"] == "smoke test" and after[vae]["command"] is None  # ci is a toy profile
     assert [k for k in after if after[k] != before[k]] == [vae]
 
@@ -45,7 +52,8 @@ def test_pending_command_recomputes_exactly_the_missing_result(make_cfg, tmp_sto
 
 
 def _canonical(command, cfg):
-    """A `run` command as (experiment, dataset, seed, method, sets without the profile's own values)."""
+    """A `run` command as (experiment, dataset, seed, method, sets other than the profile's own values for
+    that dataset)."""
     from rank1lib.profiles import parse_sets
     words = command.split()
     words = words[words.index("run") + 1:]
@@ -57,8 +65,11 @@ def _canonical(command, cfg):
         else:
             flags[words[i]] = words[i + 1]
         i += 2
-    parsed = {k: v for k, v in parse_sets(sets).items() if v != cfg[k]}
-    return (exp, flags.get("--dataset", cfg.dataset), int(flags.get("--seed", 0)), flags.get("--method"),
+    from rank1lib.runs import dataset_cfg
+    ds = flags.get("--dataset", cfg.dataset)
+    base = dataset_cfg(load_profile(cfg.name, dataset=ds), ds)  # what a run on ds derives by itself
+    parsed = {k: v for k, v in parse_sets(sets).items() if v != base[k]}
+    return (exp, ds, int(flags.get("--seed", 0)), flags.get("--method"),
             tuple(sorted((k, float(v) if isinstance(v, (int, float)) else str(v)) for k, v in parsed.items())))
 
 
@@ -80,3 +91,19 @@ def test_status_asks_only_for_what_the_campaign_schedules(tmp_store):
     assert len(asked) > 30  # an empty store: every result is pending
     missing = [(need, cmd) for need, cmd in asked if _canonical(cmd, cfg) not in scheduled]
     assert missing == []
+
+
+def test_every_artefact_is_fed_by_a_tier_and_every_feed_is_an_artefact():
+    """The campaign's commands name the artefacts they feed: each name is a status row, and each row is
+    fed by the cpu tier's or the gpu tier's campaign (else the landing page would list a row nothing fills)."""
+    from rank1lib import campaign, status
+    keys = {a.needs for a in status.ARTEFACTS}
+    fed = {}
+    for profile in ("cpu", "gpu"):
+        for it in campaign.all_items(load_profile(profile)):
+            for c in it.cmds:
+                assert set(c.feeds) <= keys, (it.key, c.feeds)
+                for k in c.feeds:
+                    fed.setdefault(k, set()).add(profile)
+    assert set(fed) == keys
+    assert fed["cl-spectrum"] == {"gpu"} and fed["table1"] == {"cpu"}

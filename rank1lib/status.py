@@ -23,25 +23,30 @@ class Artefact:
     what: str
     chapter: str
     needs: str  # the key the campaign's commands name in their `feeds`
+    claims: tuple = ()  # the claims of the ledger (claims.CLAIMS) judged on these results
 
 
 ARTEFACTS = [
-    Artefact("Fig. 1", "Tweedie-scaled prediction vs x_t", "02_tweedie_and_alignment", "tweedie"),
-    Artefact("Fig. 2, 3", "gradient alignment and exact Fisher spectrum (base UNet)", "03_fisher_spectrum", "spectrum"),
-    Artefact("Fig. 6", "spectrum of Small-1 and Small-3", "04_model_size_and_vae", "sizes"),
-    Artefact("App. C", "VAE vs DDPM top-eigenvalue share", "04_model_size_and_vae", "vae"),
+    Artefact("Fig. 1", "Tweedie-scaled prediction vs x_t", "02_tweedie_and_alignment", "tweedie", ("C1",)),
+    Artefact("Fig. 2, 3", "gradient alignment and exact Fisher spectrum (base UNet)", "03_fisher_spectrum", "spectrum",
+             ("C2", "C3", "C4", "C5")),
+    Artefact("Fig. 6", "spectrum of Small-1 and Small-3", "04_model_size_and_vae", "sizes", ("C7",)),
+    Artefact("App. C", "VAE vs DDPM top-eigenvalue share", "04_model_size_and_vae", "vae", ("C6",)),
     Artefact("beyond the paper", "spectrum on Fashion-MNIST", "03_fisher_spectrum", "fmnist"),
-    Artefact("beyond the paper", "Fisher along training, re-initialised controls", "03_fisher_spectrum", "trajectory"),
+    Artefact("beyond the paper", "Fisher along training, re-initialised controls", "03_fisher_spectrum", "trajectory",
+             ("C13",)),
     Artefact("Fig. 1-3, 6 at the paper's budget", "base, Small-3 and Small-1 UNets on full MNIST, 200 epochs "
-             "(93,800 steps)", "03_fisher_spectrum", "paper-budget"),
+             "(93,800 steps)", "03_fisher_spectrum", "paper-budget", ("C2", "C3", "C4", "C5", "C6", "C7", "C13")),
     Artefact("Fig. 3 on the paper's network", "the 35.7M continual-learning UNet's spectrum (needs a GPU)",
-             "03_fisher_spectrum", "cl-spectrum"),
+             "03_fisher_spectrum", "cl-spectrum", ("C2", "C3", "C4", "C5", "C6", "C7")),
     Artefact("App. D without attention", "the base UNet with ResNet blocks only, mnist-5k and full MNIST",
-             "03_fisher_spectrum", "base-resnet"),
-    Artefact("Table 1, Fig. 4", "continual learning, all methods", "05_continual_learning", "table1"),
+             "03_fisher_spectrum", "base-resnet", ("C2", "C3", "C4", "C5", "C6", "C13")),
+    Artefact("Table 1, Fig. 4", "continual learning, all methods", "05_continual_learning", "table1",
+             ("C8", "C9", "C10")),
     Artefact("beyond Table 1", "a learned task 1, then task 2 under each method", "05_continual_learning",
-             "learned-task1"),
-    Artefact("Fig. 5, Tables 5, 6", "samples, rank-k and lambda = 0 ablations", "06_samples_and_ablations", "ablations"),
+             "learned-task1", ("C8b",)),
+    Artefact("Fig. 5, Tables 5, 6", "samples, rank-k and lambda = 0 ablations", "06_samples_and_ablations", "ablations",
+             ("C11", "C12")),
 ]
 
 
@@ -87,15 +92,16 @@ def rows(profile) -> list:
             status = "smoke test" if profile in TOY_PROFILES else f"real result ({profile} tier)"
         else:
             status = "pending" if have == 0 else f"partial ({have}/{total} results)"
-        out.append({"paper": a.paper, "what": a.what, "chapter": a.chapter, "status": status,
+        out.append({"paper": a.paper, "what": a.what, "chapter": a.chapter, "claims": ", ".join(a.claims) or "—",
+                    "status": status,
                     "stored": have, "needed": total, "command": msg if have < total else None})
     return out
 
 
 def markdown(profile) -> str:
     """The status table as Markdown, with a link to each chapter."""
-    lines = [f"| paper | what | chapter | status at profile `{profile}` |", "|---|---|---|---|"]
+    lines = [f"| paper | what | chapter | claims | status at profile `{profile}` |", "|---|---|---|---|---|"]
     for r in rows(profile):
         st = r["status"] + (f": `{r['command']}`" if r["command"] else "")
-        lines.append(f"| {r['paper']} | {r['what']} | {{doc}}`{r['chapter']}` | {st} |")
+        lines.append(f"| {r['paper']} | {r['what']} | {{doc}}`{r['chapter']}` | {r['claims']} | {st} |")
     return "\n".join(lines)

@@ -30,7 +30,7 @@ def test_status_follows_the_store(tmp_store):
 def test_landing_page_gets_the_table_in_place_of_its_placeholder(tmp_store):
     text = "# Book\n\n## Status\n\n<!-- status-table -->\nplaceholder that\nspans lines.\n\n## Next\n"
     out = with_status(text, "ci")
-    assert "placeholder" not in out and "| paper | what |" in out and out.endswith("## Next\n")
+    assert "placeholder" not in out and "| paper | what | chapter | claims |" in out and out.endswith("## Next\n")
     assert "{doc}`03_fisher_spectrum`" in out
     assert with_status("no marker", "ci") == "no marker"
 
@@ -107,3 +107,12 @@ def test_every_artefact_is_fed_by_a_tier_and_every_feed_is_an_artefact():
                     fed.setdefault(k, set()).add(profile)
     assert set(fed) == keys
     assert fed["cl-spectrum"] == {"gpu"} and fed["table1"] == {"cpu"}
+
+
+def test_every_claim_of_the_ledger_names_the_results_it_is_judged_on():
+    """Each status row lists the ledger's claims judged on its results; together they cover every claim,
+    and no row names a claim the ledger does not have."""
+    from rank1lib import status
+    from rank1lib.claims import CLAIMS
+    named = {c for a in status.ARTEFACTS for c in a.claims}
+    assert named == {c.id for c in CLAIMS}

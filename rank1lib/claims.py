@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .profiles import load_profile
+from .profiles import TOY_PROFILES, load_profile
 from .scales import stored_only
 
-TOY_PROFILES = ("ci", "quick")
 
 
 @dataclass(frozen=True)
@@ -569,8 +568,7 @@ def ledger(profile) -> list:
             row.update({k: head[k] for k in ("ours", "checks", "rule_outcome", "verdict", "settings", "premise")})
             row["headline"] = head["label"]
         elif out is None:
-            row["why_pending"] = ("needs the continual-learning tier: its runs are not in the store yet"
-                                  if c.chapter.startswith(("05", "06")) else "a result it needs is not in the store yet")
+            row["why_pending"] = _pending_items(cfg, c.id)
         else:
             ours, checks, recs, gate = out if len(out) == 4 else (*out, None)
             row["ours"] = ours
@@ -588,6 +586,23 @@ def ledger(profile) -> list:
             row["premise"] = task1_learned(next(r for r in recs if r.values.get("method") is None))
         rows.append(row)
     return rows
+
+
+def _pending_items(cfg, cid) -> str:
+    """Why a claim is pending, from the tier: the profile's campaign items that feed its results and are
+    not done yet (status.ARTEFACTS names each claim's results, campaign.Cmd.feeds the items)."""
+    from .campaign import all_items, item_status
+    from .status import ARTEFACTS
+    keys = {a.needs for a in ARTEFACTS if cid in a.claims}
+    items = [it for it in all_items(cfg) if any(keys & set(c.feeds) for c in it.cmds)]
+    left = [it.key for it in items if item_status(cfg, it)["state"] != "done"]
+    if not left:
+        return "a result it needs is not in the store yet"
+    if len(left) <= 3:
+        return (f"waits for the campaign item{'s' * (len(left) > 1)} {', '.join(left)}: python -m rank1lib campaign "
+                f"--profile {cfg.name} --only {' '.join(left)}")
+    return (f"waits for {len(left)} campaign items ({', '.join(left[:3])}, ...): python -m rank1lib campaign "
+            f"--profile {cfg.name} --dry-run lists them")
 
 
 SEEDED = ("C2", "C3", "C4", "C5")  # claims read from one spectrum run: their rules apply to any seed

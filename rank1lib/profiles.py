@@ -11,6 +11,7 @@ import yaml
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 PROFILES = ("ci", "quick", "cpu", "gpu", "paper")
+TOY_PROFILES = ("ci", "quick")  # smoke tests: their numbers are never evidence for or against a claim
 T_MAX = 999  # the largest DDPM timestep
 
 

@@ -12,9 +12,8 @@ the tier` when the profile's campaign has nothing for it.
 from dataclasses import dataclass
 
 from . import store
-from .claims import TOY_PROFILES
 from .data import DataMissing
-from .profiles import load_profile
+from .profiles import TOY_PROFILES, load_profile
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ def test_c13_rule(monkeypatch):
 def test_ledger_pending_without_results_and_not_evidence_at_ci(tmp_store):
     rows = {r["id"]: r for r in claims.ledger("cpu")}
     assert all(r["verdict"] == "pending" for r in rows.values())
-    assert rows["C8"]["why_pending"].startswith("needs the continual-learning tier")
+    assert rows["C8"]["why_pending"].startswith("waits for ") and "cl-study-" in rows["C8"]["why_pending"]
+    assert "learned-task1" not in rows["C8"]["why_pending"] and "l1-mnist-5k-s0-gd" in rows["C8b"]["why_pending"]
     from rank1lib.analysis import tweedie_mse
     from rank1lib.profiles import load_profile
     tweedie_mse(load_profile("ci"), progress=False)

@@ -65,8 +65,11 @@ def stored(fn, cfg, *args, **kw):
         note(f"**Data missing on this machine**, so the cells that need this result are skipped: {e}", "warning")
         return None
     except ResultPending as e:
-        how = (f"It is computed by `{e.command}` (or, for the whole tier, `python -m rank1lib campaign "
-               f"--profile {cfg.name}`)." if e.command else str(e))
+        from .campaign import item_for
+        item = item_for(cfg, e.command) if e.command else None
+        tier = (f"the campaign item `{item.key}`: `python -m rank1lib campaign --profile {cfg.name} --only {item.key}`"
+                if item else f"for the whole tier, `python -m rank1lib campaign --profile {cfg.name}`")
+        how = f"It is computed by `{e.command}` (or {tier})." if e.command else str(e)
         note(f"**Pending at profile `{cfg.name}`.** This result is not in the committed store yet, so the "
              f"cells that need it are skipped. {how}", "warning")
         return None

@@ -258,6 +258,33 @@ def all_items(cfg) -> list:
             + paper[-2:] + rest[2:])
 
 
+def command_key(cfg, command) -> tuple:
+    """A `python -m rank1lib run ...` command as (experiment, dataset, seed, method, settings other than the
+    profile's own for that dataset): two commands with the same key compute the same result."""
+    import shlex
+    from .profiles import parse_sets
+    from .runs import dataset_cfg
+    words = shlex.split(command)
+    words = words[words.index("run") + 1:]
+    exp, flags, sets = words[0], {}, []
+    for flag, value in zip(words[1::2], words[2::2]):
+        if flag == "--set":
+            sets.append(value)
+        else:
+            flags[flag] = value
+    ds = flags.get("--dataset", cfg.dataset)
+    base = dataset_cfg(load_profile(cfg.name, dataset=ds), ds)  # what a run on ds derives by itself
+    own = {k: v for k, v in parse_sets(sets).items() if v != base[k]}
+    return (exp, ds, int(flags.get("--seed", 0)), flags.get("--method"),
+            tuple(sorted((k, float(v) if isinstance(v, (int, float)) else str(v)) for k, v in own.items())))
+
+
+def item_for(cfg, command):
+    """The campaign item of the profile's tier that runs `command`, or None."""
+    key = command_key(cfg, command)
+    return next((it for it in all_items(cfg) for c in it.cmds if command_key(cfg, c.text(cfg.name)) == key), None)
+
+
 def item_cfg(cfg, item) -> Config:
     return load_profile(cfg.name, **item.sets, **({"dataset": item.dataset} if item.dataset else {}))
 

@@ -52,25 +52,8 @@ def test_pending_command_recomputes_exactly_the_missing_result(make_cfg, tmp_sto
 
 
 def _canonical(command, cfg):
-    """A `run` command as (experiment, dataset, seed, method, sets other than the profile's own values for
-    that dataset)."""
-    from rank1lib.profiles import parse_sets
-    words = command.split()
-    words = words[words.index("run") + 1:]
-    exp, flags, sets = words[0], {}, []
-    i = 1
-    while i < len(words):
-        if words[i] == "--set":
-            sets.append(words[i + 1])
-        else:
-            flags[words[i]] = words[i + 1]
-        i += 2
-    from rank1lib.runs import dataset_cfg
-    ds = flags.get("--dataset", cfg.dataset)
-    base = dataset_cfg(load_profile(cfg.name, dataset=ds), ds)  # what a run on ds derives by itself
-    parsed = {k: v for k, v in parse_sets(sets).items() if v != base[k]}
-    return (exp, ds, int(flags.get("--seed", 0)), flags.get("--method"),
-            tuple(sorted((k, float(v) if isinstance(v, (int, float)) else str(v)) for k, v in parsed.items())))
+    from rank1lib.campaign import command_key
+    return command_key(cfg, command)
 
 
 def test_status_asks_only_for_what_the_campaign_schedules(tmp_store):
@@ -116,3 +99,16 @@ def test_every_claim_of_the_ledger_names_the_results_it_is_judged_on():
     from rank1lib.claims import CLAIMS
     named = {c for a in status.ARTEFACTS for c in a.claims}
     assert named == {c.id for c in CLAIMS}
+
+
+def test_a_chapters_pending_note_names_the_campaign_item_that_computes_it(tmp_store, monkeypatch):
+    """book.stored at a cli_only tier: the missing result is shown as pending with its `run` command and
+    the campaign item of the tier that runs it (found by what the commands compute, not by their text)."""
+    from rank1lib import book, campaign
+    notes = []
+    monkeypatch.setattr(book, "note", lambda text, kind="note": notes.append(text))
+    cfg = load_profile("cpu")
+    assert book.stored(analysis.spectrum, cfg, dataset="mnist", arch="base-resnet", progress=False) is None
+    out = " ".join(notes)
+    assert "Pending at profile `cpu`" in out and "--only mnist-base-resnet-s0" in out
+    assert campaign.item_for(cfg, "python -m rank1lib run spectrum --profile cpu --dataset cifar10 --seed 0") is None

@@ -58,6 +58,13 @@ class Cmd:
     def text(self, profile):
         return "python -m rank1lib " + " ".join(self.argv(profile))
 
+    def load(self, profile):
+        """Its stored result, asked through a reader config (ResultPending when absent; never computes)."""
+        from .registry import load_all
+        cfg = reading(load_profile(profile, **self.sets, **({"dataset": self.dataset} if self.dataset else {})))
+        return load_all()[self.experiment](cfg, cfg.dataset, self.seed, progress=False,
+                                           **({"method": self.method} if self.method else {}))
+
 
 @dataclass
 class Item:
@@ -297,10 +304,8 @@ def item_status(cfg, item) -> dict:
     exps = load_all()
     missing = []
     for c in item.cmds:
-        icfg = reading(load_profile(cfg.name, **c.sets, **({"dataset": c.dataset} if c.dataset else {})))
         try:
-            exps[c.experiment](icfg, icfg.dataset, c.seed, progress=False,
-                               **({"method": c.method} if c.method else {}))
+            c.load(cfg.name)
         except store.ResultPending:
             missing.append(c.experiment)
     first = item.cmds[0]

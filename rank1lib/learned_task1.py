@@ -41,9 +41,19 @@ def root(cfg, dataset, seed):
     return state_root(cfg) / "learned" / f"{dataset}-s{seed}-{store.config_hash(conf)}"
 
 
+def eval_file(d, tag, s, cfg):
+    """Where one FID evaluation of a task folder (FID sampling seed s, one of FID_SEEDS) is cached."""
+    return d / f"eval-{tag}-fs{s}-{eval_tag(cfg)}.json"
+
+
+def pool_name(cfg):
+    """The replay pool of task 1's model (shared by every distillation method), without its suffix."""
+    return f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}"
+
+
 def fid_rows(ev, net, k, d, tag):
     """{"fid": [[FID_i] per sampling seed], "kid": [...]} over tasks i = 0..k (each cached in d)."""
-    rows = [cached(d / f"eval-{tag}-fs{s}-{eval_tag(ev.cfg)}.json",
+    rows = [cached(eval_file(d, tag, s, ev.cfg),
                    lambda s=s: ev.row(net, k, seed=seeds.fid_sampling(s)), as_json=True) for s in FID_SEEDS]
     return {"fid": [r["fid"] for r in rows], "kid": [r["kid"] for r in rows]}
 
@@ -100,7 +110,7 @@ def task2(cfg, dataset, seed, method, net1, d1, steps, device, progress=True):
         add_to_penalty(pen, kind, net1, st)
     distill = None
     if gd:
-        name = f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}"
+        name = pool_name(cfg)
         part = d1 / f"{name}.part.pt"
         pool = cached(d1 / f"{name}.pt", lambda: replay.make_pool(
             net1, tasks[0], cfg.replay_per_class, cfg.ddim_steps, seeds.task(seed), cfg.sample_batch,
@@ -151,10 +161,10 @@ def learned_progress(cfg, dataset=None, seed=0, method=None):
     t1 = store.load(cfg.name, "learned_task1", name_of(name, None, seed, None))
     step1 = (checkpoint_info(d / "task1" / "ckpt") or (0, 0.0))[0]
     if t1 is None:
-        n1 = continual.cl_steps(cfg, 2 * (cfg.train_per_class or estimates.PER_CLASS.get(name, 400)))
+        n1 = estimates.task_steps(cfg, name)
         points = task1_points(cfg, n1)
         left1 = (max(points) - step1) * sec + fid1 * img * sum(
-            not (d / "task1" / f"eval-step{p}-fs{FID_SEEDS[-1]}-{eval_tag(cfg)}.json").exists() for p in points)
+            not eval_file(d / "task1", f"step{p}", FID_SEEDS[-1], cfg).exists() for p in points)
         n2 = max(points)
     else:
         left1, n2 = 0.0, t1.values["steps"]
@@ -163,8 +173,8 @@ def learned_progress(cfg, dataset=None, seed=0, method=None):
     gd = continual.RECIPES[method][1]
     d2 = d / continual.lineage(cfg, method, 1) / "task2"
     step2 = min((checkpoint_info(d2 / "ckpt") or (0, 0.0))[0], n2)
-    pool = gd and not (d / "task1" / f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}.pt").exists()
-    evals = not (d2 / f"eval-after-fs{FID_SEEDS[-1]}-{eval_tag(cfg)}.json").exists()
+    pool = gd and not (d / "task1" / f"{pool_name(cfg)}.pt").exists()
+    evals = not eval_file(d2, "after", FID_SEEDS[-1], cfg).exists()
     left2 = ((n2 - step2) * sec * (estimates.GD_COST if gd else 1.0)
              + img * (2 * cfg.replay_per_class * pool + 2 * fid1 * evals))
     return estimates.progress(step2, n2, left1 + left2)

@@ -53,16 +53,9 @@ def _needs(key, cfg):
     """The calls that load the results behind one artefact: the commands of the profile's campaign
     (campaign.all_items) that feed it, each asked through a reader config (ResultPending when absent;
     none computes). An artefact no item feeds is not part of the tier."""
+    from functools import partial
     from .campaign import all_items
-    from .profiles import reading
-    from .registry import load_all
-    exps = load_all()
-
-    def call(c):
-        icfg = reading(load_profile(cfg.name, **c.sets, **({"dataset": c.dataset} if c.dataset else {})))
-        return lambda: exps[c.experiment](icfg, icfg.dataset, c.seed, progress=False,
-                                          **({"method": c.method} if c.method else {}))
-    return [call(c) for it in all_items(cfg) for c in it.cmds if key in c.feeds]
+    return [partial(c.load, cfg.name) for it in all_items(cfg) for c in it.cmds if key in c.feeds]
 
 
 def _probe(calls):

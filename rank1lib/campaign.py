@@ -79,6 +79,7 @@ class Item:
     steps: int = 0      # optimiser steps of an item without a resumable analysis run (estimates only)
     blocked: str = ""   # why the item may not run yet (shown by the status; never started)
     minutes: float = 0  # measured wall minutes on the tier's device, where known (estimates; fits-in check)
+    catch_up: list = field(default_factory=list)  # commands run first at every start, outside the item's status
 
 
 def analysis_item(cfg, key, title, arch, dataset=None, seed=0, sets=None, trajectory=False, feeds=()) -> Item:
@@ -88,9 +89,12 @@ def analysis_item(cfg, key, title, arch, dataset=None, seed=0, sets=None, trajec
     feeds = dict(feeds)
     cmds = [Cmd("spectrum", dataset, seed, sets, feeds=feeds.get("spectrum", ())),
             Cmd("tweedie", dataset, seed, sets, feeds=feeds.get("tweedie", ()))]
-    if trajectory:
+    catch_up = []
+    if trajectory:  # the snapshots stored so far get their statistics before training goes on
         cmds.append(Cmd("trajectory", dataset, seed, sets, feeds=feeds.get("trajectory", ())))
-    return Item(key, title, cmds, arch, dataset, seed, sets, len(cfg.fisher_timesteps) + (70 if trajectory else 0))
+        catch_up.append(Cmd("trajectory_so_far", dataset, seed, sets))
+    return Item(key, title, cmds, arch, dataset, seed, sets, len(cfg.fisher_timesteps) + (70 if trajectory else 0),
+                catch_up=catch_up)
 
 
 def fisher_items(cfg) -> list:
@@ -393,7 +397,7 @@ def run_item(cfg, item, threads, deadline, log_dir, device=None):
     t0, load0 = time.time(), os.getloadavg()[0]
     result = "done"
     with open(log, "a") as f:
-        for c in item.cmds:
+        for c in item.catch_up + item.cmds:
             argv = [sys.executable, "-m", "rank1lib", "--threads", str(threads)] + c.argv(cfg.name)
             f.write(f"\n$ {' '.join(argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
             f.flush()

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from . import data, store
-from .analysis import TRAIN_KEYS, _conf, analysis_dir, analysis_net, spectrum_compute, train_cfg, training_progress
+from .analysis import (TRAIN_KEYS, _conf, analysis_data, analysis_dir, analysis_net, spectrum_compute, train_cfg,
+                       training_progress)
 from .models import build_unet
-from .profiles import set_args
+from .profiles import Config, reading, set_args
 from .registry import experiment
 from .train import pick_device, snapshots
 
@@ -75,35 +76,87 @@ def _loss_near(losses, step, window=32):
     return float(np.mean(part)) if part else None
 
 
+def _trajectory_setup(cfg, dataset, seed, arch):
+    """(dataset, arch, the per-snapshot config, the command that regenerates the trajectory)."""
+    name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
+    base = _conf(train_cfg(cfg, arch), TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=cfg.fisher_samples,
+                 t=TRAJ_T)
+    # a snapshot's weights do not depend on how long the run goes on: the same record for 200 or 800
+    # epochs, and whether it is computed while the run trains (trajectory_so_far) or after (trajectory)
+    per_step = {k: v for k, v in base.items() if k not in ("analysis_epochs", "analysis_max_steps")}
+    command = (f"python -m rank1lib run trajectory --profile {cfg.name} --dataset {name} --seed {seed} "
+               f"--set analysis_model={arch}{set_args(cfg, ('dataset', 'analysis_model'))}")
+    return name, arch, base, per_step, command
+
+
+def _snapshot_stats(cfg, name, arch, seed, step, per_step, command, one):
+    """One snapshot's statistics, stored as its own result; one() computes them."""
+    return store.load_or_compute(cfg.name, "trajectory", f"{name}-{arch}-s{seed}-step{step:06d}",
+                                 per_step | {"step": step}, one, **store.policy(cfg), command=command)
+
+
+def _snapshot_fn(net, path, x, y, n, seed, progress):
+    """compute() of one snapshot: the Gram-path statistics at TRAJ_T of the weights stored at `path`."""
+    def one():
+        net.load_state_dict(load_file(str(path)))
+        values, arrays = spectrum_compute(net, x, y, n, TRAJ_T, seed, progress)
+        return _summary(values, arrays), None, str(pick_device())
+    return one
+
+
 @experiment("trajectory", "Fisher spectrum at log-spaced snapshots of an analysis run (r_t along training)",
             progress=training_progress)
 def trajectory(cfg, dataset=None, seed=0, arch=None, progress=True):
     """Spectrum statistics at t = 100, 300, ..., 900 (N = fisher_samples) for every stored snapshot."""
-    name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
-    n = cfg.fisher_samples
-    base = _conf(train_cfg(cfg, arch), TRAIN_KEYS, dataset=name, arch=arch, seed=seed, n=n, t=TRAJ_T)
-    command = (f"python -m rank1lib run trajectory --profile {cfg.name} --dataset {name} --seed {seed} "
-               f"--set analysis_model={arch}{set_args(cfg, ('dataset', 'analysis_model'))}")
+    name, arch, base, per_step, command = _trajectory_setup(cfg, dataset, seed, arch)
 
     def compute():
         net, info, x, y = analysis_net(cfg, name, seed, arch, progress=progress)
-        losses = net.losses
         _, ckpt = analysis_dir(cfg, name, seed, arch)
         rows = []
         for step, path in snapshots(ckpt / "snapshots").items():
-            def one(path=path):
-                net.load_state_dict(load_file(str(path)))
-                values, arrays = spectrum_compute(net, x, y, n, TRAJ_T, seed, progress)
-                return _summary(values, arrays), None, str(pick_device())
-            # a snapshot's weights do not depend on how long the run goes on: same result for 200 or 800 epochs
-            per_step = {k: v for k, v in base.items() if k not in ("analysis_epochs", "analysis_max_steps")}
-            rec = store.load_or_compute(cfg.name, "trajectory", f"{name}-{arch}-s{seed}-step{step:06d}",
-                                        per_step | {"step": step}, one, **store.policy(cfg), command=command)
-            rows.append({"step": step, "loss": _loss_near(losses, step)} | rec.values)
-        return info | {"t": TRAJ_T, "n_samples": n, "rows": rows}, None, str(pick_device())
+            one = _snapshot_fn(net, path, x, y, cfg.fisher_samples, seed, progress)
+            rec = _snapshot_stats(cfg, name, arch, seed, step, per_step, command, one)
+            rows.append({"step": step, "loss": _loss_near(net.losses, step)} | rec.values)
+        return info | {"t": TRAJ_T, "n_samples": cfg.fisher_samples, "rows": rows}, None, str(pick_device())
 
     return store.load_or_compute(cfg.name, "trajectory", f"{name}-{arch}-s{seed}", base, compute,
                                  **store.policy(cfg), command=command)
+
+
+@experiment("trajectory_so_far", "the trajectory's points at the snapshots an unfinished analysis run has "
+            "stored so far (no training)")
+def trajectory_so_far(cfg, dataset=None, seed=0, arch=None, progress=True) -> list:
+    """The per-snapshot records of `trajectory` for every snapshot stored so far, computing the missing
+    ones from the snapshot weights without training on; `trajectory` reuses them when the run ends.
+    With a reader config, only those already stored (ascending steps)."""
+    name, arch, _, per_step, command = _trajectory_setup(cfg, dataset, seed, arch)
+    _, ckpt = analysis_dir(cfg, name, seed, arch)
+    steps = snapshots(ckpt / "snapshots")
+    stored = {int(p.stem.rsplit("-step", 1)[1]) for p in
+              store.result_dir(cfg.name, "trajectory").glob(f"{name}-{arch}-s{seed}-step*.json")}
+    lazy = {}
+
+    def net_and_data():  # built only when a snapshot needs computing (a reader never loads data)
+        if not lazy:
+            x, y = analysis_data(cfg, name)
+            spec = data.SPECS[name]
+            lazy["v"] = (build_unet(arch, spec.num_classes, spec.channels).to(pick_device()).eval(), x, y)
+        return lazy["v"]
+
+    recs = []
+    for step in sorted(set(steps) | stored):
+        def one(step=step):
+            net, x, y = net_and_data()
+            return _snapshot_fn(net, steps[step], x, y, cfg.fisher_samples, seed, progress)()
+        try:
+            if step not in steps and not cfg.get("read_only"):  # stored, its weights pruned: read it
+                recs.append(_snapshot_stats(reading(cfg), name, arch, seed, step, per_step, command, one))
+            else:
+                recs.append(_snapshot_stats(cfg, name, arch, seed, step, per_step, command, one))
+        except store.ResultPending:
+            continue
+    return recs
 
 
 @experiment("init_spread", "Fisher spectrum of re-initialised (untrained) models, several seeds")
@@ -114,7 +167,6 @@ def init_spread(cfg, dataset=None, seed=0, arch=None, progress=True):
     conf = _conf(cfg, ("train_per_class",), dataset=name, arch=arch, n=n, t=TRAJ_T, init_seeds=INIT_SEEDS)
 
     def compute():
-        from .analysis import analysis_data
         x, y = analysis_data(cfg, name)
         spec = data.SPECS[name]
         rows = []
@@ -136,17 +188,59 @@ BUDGET_RUNS = (("mnist", "base"), ("mnist", "base-resnet"), ("mnist-5k", "base")
 
 
 def budget_runs(profile="cpu") -> dict:
-    """{(dataset, arch, seed): stored trajectory record} of BUDGET_RUNS (never computed here)."""
-    from .profiles import load_profile, reading
+    """{(dataset, arch, seed): stored trajectory record} of BUDGET_RUNS (never computed here). A run still
+    training stands in with the snapshots stored so far (partial_trajectory), marked values['partial']."""
+    from .profiles import load_profile
     out = {}
     for ds, arch in BUDGET_RUNS:
         cfg = reading(load_profile(profile, dataset=ds, analysis_model=arch))
         for s in cfg.seeds:
             try:
                 out[(ds, arch, s)] = trajectory(cfg, ds, s, arch, progress=False)
-            except (store.ResultPending, data.DataMissing):
+            except store.ResultPending:
+                part = partial_trajectory(cfg, ds, s, arch)
+                if part is not None:
+                    out[(ds, arch, s)] = part
+            except data.DataMissing:
                 pass
     return out
+
+
+def partial_trajectory(cfg, dataset, seed, arch):
+    """A trajectory-shaped record of the snapshots stored so far of a run still training (None without
+    any): values hold 'rows' in step order, 'partial': True and the run's 'step' and planned 'steps'."""
+    recs = trajectory_so_far(reading(cfg), dataset, seed, arch, progress=False)
+    if not recs:
+        return None
+    try:
+        prog = training_progress(Config(cfg, analysis_model=arch), dataset, seed)
+    except data.DataMissing:
+        prog = {"step": None, "steps": None}
+    name = recs[-1]["name"].rsplit("-step", 1)[0]
+    rows = [{"step": r["config"]["step"], "loss": None} | r.values for r in recs]
+    return store.Result(recs[-1], name=name, values={"t": TRAJ_T, "n_samples": cfg.fisher_samples, "rows": rows,
+                                                     "partial": True, "step": prog["step"],
+                                                     "steps": prog["steps"], "arch": arch})
+
+
+def _steps_text(values) -> str:
+    """'step 31,911 of 93,800' of a partial trajectory (its last snapshot when the run's step is unknown)."""
+    if values.get("step") is not None:
+        return f"step {values['step']:,} of {values['steps']:,}"
+    return f"snapshots to step {values['rows'][-1]['step']:,}"
+
+
+def partial_text(runs) -> str:
+    """One sentence naming the runs of budget_runs that are still training and how far each has got."""
+    names = {"mnist": "full MNIST", "mnist-5k": "mnist-5k"}
+    parts = [f"{arch} on {names.get(ds, ds)} (seed {seed}; {_steps_text(rec.values)}, snapshots to step "
+             f"{rec.values['rows'][-1]['step']:,} drawn)"
+             for (ds, arch, seed), rec in runs.items() if rec.values.get("partial")]
+    if not parts:
+        return ""
+    return ("Still training, drawn with the snapshots stored so far: " + "; ".join(parts) + ". Their points "
+            "are final (a snapshot's statistics do not change as the run goes on); the lines grow as the "
+            "campaign continues them.")
 
 
 def late_mean(values, key) -> tuple:
@@ -166,6 +260,8 @@ def budget_figure(runs):
         style = dict(color=f"C{BUDGET_RUNS.index((ds, arch))}", alpha=1.0 if seed == 0 else 0.45,
                      marker="o" if ds == "mnist" else ".", ls="-" if arch == "base" else "--")
         lab = f"{arch}, {names.get(ds, ds)}" if seed == 0 else None
+        if lab and rec.values.get("partial"):
+            lab += f" (training: {_steps_text(rec.values)})"
         for a, key in zip(ax, ("r", "err_rank1")):
             steps, y = late_mean(rec.values, key)
             a.semilogx(np.maximum(steps, 1), y, label=lab, **style)

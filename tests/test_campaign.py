@@ -637,3 +637,16 @@ def test_prune_drops_a_finished_task2_but_keeps_task1_and_unfinished_runs(tmp_st
     campaign.prune_finished(cfg, items)
     assert not (dirs["finetune"] / "ckpt").exists() and (dirs["finetune"] / "eval-after-fs0-x.json").exists()
     assert (dirs["gd"] / "ckpt" / "last" / "w.safetensors").exists() and (r / "task1" / "ckpt").exists()
+
+
+def test_a_trajectory_item_first_computes_the_snapshots_stored_so_far(tmp_store, monkeypatch):
+    """Every start of an analysis item with a trajectory begins with `trajectory_so_far` (the statistics of
+    the snapshots its unfinished run has stored), which the item's status does not count."""
+    from rank1lib import campaign
+    cfg = load_profile("cpu")
+    item = next(i for i in campaign.all_items(cfg) if i.key == "mnist-base-resnet-s0")
+    started = []
+    record_item_commands(monkeypatch, lambda argv, kw: started.append(argv[argv.index("run") + 1]))
+    result, _ = campaign.run_item(cfg, item, 1, time.time() + 60, tmp_store)
+    assert result == "done" and started == ["trajectory_so_far", "spectrum", "tweedie", "trajectory"]
+    assert campaign.item_status(load_profile("ci"), item)["missing"] == ["spectrum", "tweedie", "trajectory"]

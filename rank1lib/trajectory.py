@@ -234,7 +234,8 @@ def partial_text(runs) -> str:
     """One sentence naming the runs of budget_runs that are still training and how far each has got."""
     names = {"mnist": "full MNIST", "mnist-5k": "mnist-5k"}
     parts = [f"{arch} on {names.get(ds, ds)} (seed {seed}; {_steps_text(rec.values)}, snapshots to step "
-             f"{rec.values['rows'][-1]['step']:,} drawn)"
+             f"{rec.values['rows'][-1]['step']:,} drawn; mean r_t over t >= 500 there "
+             f"{late_r(rec.values['rows'][-1], rec.values['t']):.3f})"
              for (ds, arch, seed), rec in runs.items() if rec.values.get("partial")]
     if not parts:
         return ""
@@ -273,5 +274,5 @@ def budget_figure(runs):
         for a in ax:
             a.axvline(x, color="0.7", lw=0.8, zorder=0)
         ax[1].text(x, 1.02, what, rotation=90, ha="right", va="top", fontsize=8, color="0.4")
-    ax[0].legend(fontsize=9)
+    fig.legend(*ax[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=9, bbox_to_anchor=(0.5, -0.2))
     return fig

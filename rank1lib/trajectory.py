@@ -5,6 +5,8 @@ the same statistics over re-initialised models.
 Each snapshot's statistics are stored as their own result, so an interrupted trajectory keeps what
 it finished; `trajectory` then assembles them in step order.
 """
+import functools
+
 import numpy as np
 import torch
 from safetensors.torch import load_file
@@ -135,25 +137,20 @@ def trajectory_so_far(cfg, dataset=None, seed=0, arch=None, progress=True) -> li
     steps = snapshots(ckpt / "snapshots")
     stored = {int(p.stem.rsplit("-step", 1)[1]) for p in
               store.result_dir(cfg.name, "trajectory").glob(f"{name}-{arch}-s{seed}-step*.json")}
-    lazy = {}
-
+    @functools.cache
     def net_and_data():  # built only when a snapshot needs computing (a reader never loads data)
-        if not lazy:
-            x, y = analysis_data(cfg, name)
-            spec = data.SPECS[name]
-            lazy["v"] = (build_unet(arch, spec.num_classes, spec.channels).to(pick_device()).eval(), x, y)
-        return lazy["v"]
+        x, y = analysis_data(cfg, name)
+        spec = data.SPECS[name]
+        return build_unet(arch, spec.num_classes, spec.channels).to(pick_device()).eval(), x, y
 
     recs = []
     for step in sorted(set(steps) | stored):
         def one(step=step):
             net, x, y = net_and_data()
             return _snapshot_fn(net, steps[step], x, y, cfg.fisher_samples, seed, progress)()
+        scfg = cfg if step in steps else reading(cfg)  # stored, its weights pruned: only read it
         try:
-            if step not in steps and not cfg.get("read_only"):  # stored, its weights pruned: read it
-                recs.append(_snapshot_stats(reading(cfg), name, arch, seed, step, per_step, command, one))
-            else:
-                recs.append(_snapshot_stats(cfg, name, arch, seed, step, per_step, command, one))
+            recs.append(_snapshot_stats(scfg, name, arch, seed, step, per_step, command, one))
         except store.ResultPending:
             continue
     return recs
@@ -184,6 +181,7 @@ def init_spread(cfg, dataset=None, seed=0, arch=None, progress=True):
 
 # The runs drawn on one pair of axes: the paper's budget (full MNIST, 93,800 steps) and the mnist-5k tier
 # (6,400 steps), each with and without attention blocks.
+DATASET_NAMES = {"mnist": "full MNIST", "mnist-5k": "mnist-5k"}  # how the budget figure and notes name them
 BUDGET_RUNS = (("mnist", "base"), ("mnist", "base-resnet"), ("mnist-5k", "base"), ("mnist-5k", "base-resnet"))
 
 
@@ -216,9 +214,8 @@ def partial_trajectory(cfg, dataset, seed, arch):
         prog = training_progress(Config(cfg, analysis_model=arch), dataset, seed)
     except data.DataMissing:
         prog = {"step": None, "steps": None}
-    name = recs[-1]["name"].rsplit("-step", 1)[0]
     rows = [{"step": r["config"]["step"], "loss": None} | r.values for r in recs]
-    return store.Result(recs[-1], name=name, values={"t": TRAJ_T, "n_samples": cfg.fisher_samples, "rows": rows,
+    return store.Result(recs[-1], name=f"{dataset}-{arch}-s{seed}", values={"t": TRAJ_T, "n_samples": cfg.fisher_samples, "rows": rows,
                                                      "partial": True, "step": prog["step"],
                                                      "steps": prog["steps"], "arch": arch})
 
@@ -232,8 +229,7 @@ def _steps_text(values) -> str:
 
 def partial_text(runs) -> str:
     """One sentence naming the runs of budget_runs that are still training and how far each has got."""
-    names = {"mnist": "full MNIST", "mnist-5k": "mnist-5k"}
-    parts = [f"{arch} on {names.get(ds, ds)} (seed {seed}; {_steps_text(rec.values)}, snapshots to step "
+    parts = [f"{arch} on {DATASET_NAMES.get(ds, ds)} (seed {seed}; {_steps_text(rec.values)}, snapshots to step "
              f"{rec.values['rows'][-1]['step']:,} drawn; mean r_t over t >= 500 there "
              f"{late_r(rec.values['rows'][-1], rec.values['t']):.3f})"
              for (ds, arch, seed), rec in runs.items() if rec.values.get("partial")]
@@ -256,11 +252,10 @@ def budget_figure(runs):
     the initialisation is drawn at step 1 of the log axis."""
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    names = {"mnist": "full MNIST", "mnist-5k": "mnist-5k"}
     for (ds, arch, seed), rec in runs.items():
         style = dict(color=f"C{BUDGET_RUNS.index((ds, arch))}", alpha=1.0 if seed == 0 else 0.45,
                      marker="o" if ds == "mnist" else ".", ls="-" if arch == "base" else "--")
-        lab = f"{arch}, {names.get(ds, ds)}" if seed == 0 else None
+        lab = f"{arch}, {DATASET_NAMES.get(ds, ds)}" if seed == 0 else None
         if lab and rec.values.get("partial"):
             lab += f" (training: {_steps_text(rec.values)})"
         for a, key in zip(ax, ("r", "err_rank1")):

@@ -649,4 +649,4 @@ def test_a_trajectory_item_first_computes_the_snapshots_stored_so_far(tmp_store,
     record_item_commands(monkeypatch, lambda argv, kw: started.append(argv[argv.index("run") + 1]))
     result, _ = campaign.run_item(cfg, item, 1, time.time() + 60, tmp_store)
     assert result == "done" and started == ["trajectory_so_far", "spectrum", "tweedie", "trajectory"]
-    assert campaign.item_status(load_profile("ci"), item)["missing"] == ["spectrum", "tweedie", "trajectory"]
+    assert campaign.item_status(cfg, item)["missing"] == ["spectrum", "tweedie", "trajectory"]

@@ -161,16 +161,18 @@ def learned_items(cfg, dataset=None, seed=0) -> list:
     """A learned task 1 (chapter 5): task 1 trained on until learned, then task 2 under each method of
     learned_task1.RUNS in its order; every item resumes from the committed task-1 state (estimates:
     learned_task1.learned_progress)."""
-    from .learned_task1 import RUNS
+    from .learned_task1 import C8B_PAIR, RUNS
     ds, n = dataset or cfg.dataset, cfg.task1_max_steps
+    pair = ("learned-task1", "learned-task1-pair")  # the pair also feeds claim C8b
     out = [Item(f"l1-{ds}-s{seed}-task1", f"task 1 of {ds} trained until learned (at most {n} steps), seed {seed}",
-                [Cmd("learned_task1", ds, seed, feeds=("learned-task1",))], None, ds, seed)]
+                [Cmd("learned_task1", ds, seed, feeds=pair)], None, ds, seed)]
     for method, lam in RUNS:
         sets = {"lam": lam} if lam is not None else {}
+        feeds = pair if (method, lam) in C8B_PAIR else pair[:1]
         out.append(Item(f"l1-{ds}-s{seed}-{method}" + (f"-lam{lam:g}" if lam is not None else ""),
                         f"{method} on task 2 after a learned task 1, {ds}, seed {seed}"
                         + (f", lambda = {lam:g}" if lam is not None else ""),
-                        [Cmd("learned_task1", ds, seed, sets, method=method, feeds=("learned-task1",))], None,
+                        [Cmd("learned_task1", ds, seed, sets, method=method, feeds=feeds)], None,
                         ds, seed, sets))
     return out
 

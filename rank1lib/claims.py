@@ -512,7 +512,7 @@ def _c12(cfg):
 
 def _c8b(cfg):
     from . import learned_task1 as lt
-    recs = lt.stored_runs(cfg, _cl_datasets(cfg)[0], runs=(("gd", None), ("rank1-gd", None)))
+    recs = lt.stored_runs(cfg, _cl_datasets(cfg)[0], runs=lt.C8B_PAIR)
     if len(recs) < 3:
         return None
     g, r = recs[("gd", None)].values, recs[("rank1-gd", None)].values

@@ -26,6 +26,7 @@ FID_SEEDS = (0, 1, 2)    # DDIM sampling seeds of every FID (the model is the sa
 RUNS = (("finetune", None), ("gd", None), ("rank1-gd", None), ("diag-gd", None), ("rank1-gd", 1500.0),
         ("rank1-gd", 150.0))  # (method, lambda; None = the profile's) in priority order
 DECISIVE = RUNS[:3]
+C8B_PAIR = RUNS[1:3]  # the two runs claim C8b compares: GD and Rank-1 + GD at the profile's lambda
 
 
 def task1_points(cfg, n1) -> list:

@@ -43,7 +43,9 @@ ARTEFACTS = [
     Artefact("Table 1, Fig. 4", "continual learning, all methods", "05_continual_learning", "table1",
              ("C8", "C9", "C10")),
     Artefact("beyond Table 1", "a learned task 1, then task 2 under each method", "05_continual_learning",
-             "learned-task1", ("C8b",)),
+             "learned-task1"),
+    Artefact("beyond Table 1", "a learned task 1, then GD and Rank-1 + GD on task 2", "05_continual_learning",
+             "learned-task1-pair", ("C8b",)),
     Artefact("Fig. 5, Tables 5, 6", "samples, rank-k and lambda = 0 ablations", "06_samples_and_ablations", "ablations",
              ("C11", "C12")),
 ]

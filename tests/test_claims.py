@@ -98,6 +98,8 @@ def test_ledger_pending_without_results_and_not_evidence_at_ci(tmp_store):
     assert all(r["verdict"] == "pending" for r in rows.values())
     assert rows["C8"]["why_pending"].startswith("waits for ") and "cl-study-" in rows["C8"]["why_pending"]
     assert "learned-task1" not in rows["C8"]["why_pending"] and "l1-mnist-5k-s0-gd" in rows["C8b"]["why_pending"]
+    pend = rows["C8b"]["why_pending"]  # the pair GD / Rank-1 + GD, not the whole lambda sweep
+    assert "l1-mnist-5k-s0-rank1-gd " in pend + " " and "diag-gd" not in pend and "lam150" not in pend
     from rank1lib.analysis import tweedie_mse
     from rank1lib.profiles import load_profile
     tweedie_mse(load_profile("ci"), progress=False)

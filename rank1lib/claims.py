@@ -356,7 +356,8 @@ def _premise_summary(premises) -> dict | None:
     parts = ", ".join(f"{k} {100 * p['change']:+.1f}%" for k, p in known.items())
     steps = sorted({p["steps"] for p in known.values()})
     return {"holds": holds, "text": f"training loss change over the last doubling of steps ({', '.join(f'{s:,}' for s in steps)} "
-                                    f"steps): {parts}; near convergence means < {100 * NEAR_CONVERGENCE:.0f}% for every run: "
+                                    f"steps; negative: still falling): {parts}; near convergence means |change| < "
+                                    f"{100 * NEAR_CONVERGENCE:.0f}% for every run: "
                                     f"{'met' if holds else 'not met'}"}
 
 

@@ -102,11 +102,11 @@ def near_convergence(loss_curve, steps) -> dict:
         m = (s > (1 - SMOOTH) * x) & (s <= x)
         return float(loss[m].mean()) if m.any() else float("nan")
     end, half = at(steps), at(steps / 2)
-    change = (half - end) / half
+    change = (end - half) / half  # negative: the loss still falls
     holds = bool(abs(change) < NEAR_CONVERGENCE)
     return {"holds": holds, "change": change, "loss_half": half, "loss_end": end, "steps": int(steps),
             "text": f"training loss {half:.4f} at step {int(steps // 2):,} -> {end:.4f} at step {int(steps):,} "
-                    f"({100 * change:+.1f}% over the last doubling; near convergence means < "
+                    f"({100 * change:+.1f}% over the last doubling; near convergence means |change| < "
                     f"{100 * NEAR_CONVERGENCE:.0f}%): {'met' if holds else 'not met'}"}
 
 

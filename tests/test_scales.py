@@ -20,11 +20,11 @@ def fake(values, arrays=None, experiment="spectrum"):
 
 def test_premise_on_a_linear_loss_by_hand():
     """Loss 1 + (1000 - s) / 1000 at window centres s = 0.5..999.5: the mean over (900, 1000] is 1.05 and over
-    (450, 500] is 1.525, so the change over the last doubling is (1.525 - 1.05) / 1.525 = 31.1%: not met."""
+    (450, 500] is 1.525, so the change over the last doubling is (1.05 - 1.525) / 1.525 = -31.1% (a fall): not met."""
     s = np.arange(1000) + 0.5
     p = scales.near_convergence(np.stack([s, 1 + (1000 - s) / 1000], 1), 1000)
     assert p["loss_end"] == pytest.approx(1.05) and p["loss_half"] == pytest.approx(1.525)
-    assert p["change"] == pytest.approx(0.475 / 1.525) and not p["holds"] and "not met" in p["text"]
+    assert p["change"] == pytest.approx(-0.475 / 1.525) and not p["holds"] and "-31.1%" in p["text"] and "not met" in p["text"]
     flat = scales.near_convergence(np.stack([s, np.full(1000, 0.02)], 1), 1000)
     assert flat["holds"] and flat["change"] == pytest.approx(0.0)
 

@@ -133,12 +133,18 @@ def paper_budget_items(cfg) -> list:
     """The Fisher analysis at the paper's budget, in priority order: the attention-free App. D UNet on
     mnist-5k (the architecture ablation), then base and base-resnet on full MNIST for the tier's 200
     epochs (93,800 steps at batch 128, as App. D), then Small-1 and Small-3 there (claim C7)."""
+    from .precision import CHECK_STEPS
     e = cfg.analysis_epochs
 
     def init(key, arch, dataset=None, feeds=()):  # the re-initialised controls of a trajectory (claim C13)
         sets = {"analysis_model": arch}
         return Item(key, f"{arch} UNet at initialisation, {dataset or cfg.dataset}, 5 seeds (trajectory controls)",
                     [Cmd("init_spread", dataset, 0, sets, feeds=feeds)], None, dataset, 0, sets, spectra_t=25)
+    def amp_check_item(arch):  # bf16 vs fp32 loss curves for an analysis UNet on full MNIST (precision.py)
+        sets = {"analysis_model": arch}
+        return Item(f"amp-check-{arch}", f"{arch} UNet, full MNIST: bf16 autocast vs fp32 over 500 training steps "
+                    "(the check behind analysis_amp_models)", [Cmd("amp_check", "mnist", 0, sets)], None, "mnist", 0,
+                    sets, steps=3 * CHECK_STEPS)
     resnet, paper = {"spectrum": ("base-resnet",), "tweedie": ("base-resnet",), "trajectory": ("base-resnet",)}, {"spectrum": ("paper-budget",), "tweedie": ("paper-budget",), "trajectory": ("paper-budget",)}
     return [analysis_item(cfg, "base-resnet-s0", f"base UNet without attention (App. D literally), {cfg.dataset}, "
                           "seed 0 (architecture ablation)", "base-resnet", trajectory=True, feeds=resnet),
@@ -151,6 +157,8 @@ def paper_budget_items(cfg) -> list:
                           "Fig. 1-3, trajectory)", "base", dataset="mnist", trajectory=True, feeds=paper),
             analysis_item(cfg, "mnist-base-resnet-s0", f"base UNet without attention, full MNIST, {e} epochs, "
                           "seed 0", "base-resnet", dataset="mnist", trajectory=True, feeds=resnet),
+            amp_check_item("base-resnet"),  # the evidence for the bf16 it already trains in
+            amp_check_item("small1"),  # bf16 was 1.55x faster for Small-1 (bench settings); adopted only if this agrees
             analysis_item(cfg, "mnist-small3-s0", f"Small-3 UNet, full MNIST, {e} epochs, seed 0 (Fig. 6)", "small3",
                           dataset="mnist", feeds=paper),
             analysis_item(cfg, "mnist-small1-s0", f"Small-1 UNet, full MNIST, {e} epochs, seed 0 (Fig. 6)", "small1",
@@ -324,7 +332,8 @@ def item_status(cfg, item) -> dict:
     elif item.minutes:
         eta = item.minutes * 60
     else:
-        eta = prog["eta_s"] if prog else item.steps * sec_per_step(item.sets.get("model", cfg.model))
+        model = item.sets.get("model") or item.sets.get("analysis_model") or cfg.model
+        eta = prog["eta_s"] if prog else item.steps * sec_per_step(model)
         eta += item.spectra_t * SEC_PER_SPECTRUM_T_1T + (SETUP_S if item.spectra_t or not prog else 0.0)
     out["eta_s"] = eta
     out["state"] = "done" if not missing else ("partial" if out["step"] or len(missing) < len(item.cmds)

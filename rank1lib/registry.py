@@ -6,7 +6,7 @@ import inspect
 EXPERIMENTS = {}
 # Modules whose import registers experiments (one per chapter family).
 MODULES = ["rank1lib.experiments", "rank1lib.analysis", "rank1lib.trajectory", "rank1lib.runs", "rank1lib.study",
-           "rank1lib.learned_task1"]
+           "rank1lib.learned_task1", "rank1lib.precision"]
 
 
 def experiment(name, help="", progress=None, leftovers=None):

@@ -13,7 +13,7 @@ LAYERS = [
      "curvature.statistics", "curvature.spectrum", "curvature.penalties"},              # concepts
     {"fisher", "train", "replay", "fid", "vae", "profiles", "registry", "estimates"},                # the book's adapters, tiers
     {"continual", "analysis", "trajectory", "experiments", "study", "learned_task1", "runs",
-     "peers"},                                                                             # experiments
+     "peers", "precision"},                                                                             # experiments
     {"scales", "claims", "status", "provenance", "bench", "bench_fisher", "bench_train", "bench_peers", "spectrum_figures", "continual_figures",
      "campaign"},  # reports, orchestration
     {"book", "__main__", "__init__"},                                                     # entry points

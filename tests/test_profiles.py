@@ -90,3 +90,13 @@ def test_the_tiers_further_datasets_are_declared_in_the_profile_not_by_name():
     like = load_profile("ci", cl_datasets=["mnist-5k", "cifar10"], cl_other_train_per_class=7, seeds=[3, 4],
                         cl_other_seeds=1, train_per_class=0)
     assert runs.dataset_cfg(like, "cifar10").train_per_class == 7 and runs.tier_seeds(like, "cifar10") == [3]
+
+
+def test_cpu_analysis_bf16_models_agree_with_every_stored_loss_curve_check():
+    """analysis_amp_models lists exactly the analysis UNets whose stored bf16-vs-fp32 loss-curve check
+    (precision.amp_check) adopted bf16; a UNet without a stored check is not judged here."""
+    from rank1lib.precision import stored_checks
+    cfg = load_profile("cpu")
+    for rec in stored_checks("cpu"):
+        arch = rec.values["arch"]
+        assert (arch in cfg.analysis_amp_models) == (rec.values["adopt"] == "bf16 autocast"), arch

@@ -140,6 +140,7 @@ def paper_budget_items(cfg) -> list:
         sets = {"analysis_model": arch}
         return Item(key, f"{arch} UNet at initialisation, {dataset or cfg.dataset}, 5 seeds (trajectory controls)",
                     [Cmd("init_spread", dataset, 0, sets, feeds=feeds)], None, dataset, 0, sets, spectra_t=25)
+
     def amp_check_item(arch):  # bf16 vs fp32 loss curves for an analysis UNet on full MNIST (precision.py)
         sets = {"analysis_model": arch}
         return Item(f"amp-check-{arch}", f"{arch} UNet, full MNIST: bf16 autocast vs fp32 over 500 training steps "

@@ -44,8 +44,8 @@ def second_dataset_cfg(cfg, name):
 
 def train_cfg(cfg, arch):
     """The profile as the analysis training of `arch` uses it: bf16 autocast for the models in
-    `analysis_amp_models` (adopted where a 500-step loss curve matches fp32 within noise: precision.amp_check), else `amp`.
-    Only training steps are affected; every Fisher statistic is computed in fp32."""
+    `analysis_amp_models` (adopted where a 500-step loss curve matches fp32 within noise: precision.amp_check),
+    else `amp`. Only training steps are affected; every Fisher statistic is computed in fp32."""
     return Config(cfg, amp="on") if arch in cfg.analysis_amp_models else cfg
 
 

@@ -144,7 +144,7 @@ def paper_budget_items(cfg) -> list:
     def amp_check_item(arch):  # bf16 vs fp32 loss curves for an analysis UNet on full MNIST (precision.py)
         sets = {"analysis_model": arch}
         return Item(f"amp-check-{arch}", f"{arch} UNet, full MNIST: bf16 autocast vs fp32 over 500 training steps "
-                    "(the check behind analysis_amp_models)", [Cmd("amp_check", "mnist", 0, sets)], None, "mnist", 0,
+                    "(the check behind analysis_amp_models)", [Cmd("amp_check", "mnist", 0, sets)], arch, "mnist", 0,
                     sets, steps=3 * CHECK_STEPS)
     resnet, paper = {"spectrum": ("base-resnet",), "tweedie": ("base-resnet",), "trajectory": ("base-resnet",)}, {"spectrum": ("paper-budget",), "tweedie": ("paper-budget",), "trajectory": ("paper-budget",)}
     return [analysis_item(cfg, "base-resnet-s0", f"base UNet without attention (App. D literally), {cfg.dataset}, "
@@ -333,8 +333,7 @@ def item_status(cfg, item) -> dict:
     elif item.minutes:
         eta = item.minutes * 60
     else:
-        model = item.sets.get("model") or item.sets.get("analysis_model") or cfg.model
-        eta = prog["eta_s"] if prog else item.steps * sec_per_step(model)
+        eta = prog["eta_s"] if prog else item.steps * sec_per_step(item.sets.get("model") or item.arch or cfg.model)
         eta += item.spectra_t * SEC_PER_SPECTRUM_T_1T + (SETUP_S if item.spectra_t or not prog else 0.0)
     out["eta_s"] = eta
     out["state"] = "done" if not missing else ("partial" if out["step"] or len(missing) < len(item.cmds)

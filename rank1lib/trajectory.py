@@ -215,9 +215,9 @@ def partial_trajectory(cfg, dataset, seed, arch):
     except data.DataMissing:
         prog = {"step": None, "steps": None}
     rows = [{"step": r["config"]["step"], "loss": None} | r.values for r in recs]
-    return store.Result(recs[-1], name=f"{dataset}-{arch}-s{seed}", values={"t": TRAJ_T, "n_samples": cfg.fisher_samples, "rows": rows,
-                                                     "partial": True, "step": prog["step"],
-                                                     "steps": prog["steps"], "arch": arch})
+    return store.Result(recs[-1], name=f"{dataset}-{arch}-s{seed}",
+                        values={"t": TRAJ_T, "n_samples": cfg.fisher_samples, "rows": rows, "partial": True,
+                                "step": prog["step"], "steps": prog["steps"], "arch": arch})
 
 
 def _steps_text(values) -> str:

@@ -90,6 +90,15 @@ def stored_checks(profile) -> list:
     return [r for r in (store.load(profile, "amp_check", n) for n in names) if r is not None]
 
 
+def summary(rec, amp_models) -> str:
+    """One line on a stored check: both gaps, the rule's outcome, and what the profile (`amp_models`) trains."""
+    v = rec.values
+    return (f"{v['arch']} on {v['dataset']}, {v['steps']} steps: bf16's mean relative gap from fp32 {v['gap_bf16']:.2%}, "
+            f"the next seed's fp32 run {v['gap_seed']:.2%}; bf16 in hardware: {'yes' if v['native_bf16'] else 'no'}; "
+            f"the rule keeps {v['adopt']} (the profile trains {v['arch']} in "
+            f"{'bf16' if v['arch'] in amp_models else 'fp32'})")
+
+
 def figure(rec):
     """The three runs' window-mean losses against steps (log scale), and bf16's and the other seed's gap."""
     import matplotlib.pyplot as plt

@@ -49,13 +49,19 @@ def verdict(curves, native) -> dict:
             "adopt": "bf16 autocast" if equal else "fp32"}
 
 
+def check_conf(cfg, dataset, arch, seed) -> dict:
+    """The settings a check's result depends on (its record is stale once they change)."""
+    steps = min(CHECK_STEPS, cfg.analysis_max_steps or CHECK_STEPS)
+    return _conf(cfg, ("batch_size", "lr", "train_per_class"), dataset=dataset, arch=arch, seed=seed, steps=steps)
+
+
 @experiment("amp_check", "bf16 autocast vs fp32 over an analysis UNet's first 500 training steps (loss curves)")
 def amp_check(cfg, dataset=None, seed=0, arch=None, progress=True):
     """Train `arch` CHECK_STEPS steps three times (RUNS) from one initialisation; store the curves and the rule's
     outcome. Each run checkpoints, so an interrupted check resumes; its state is removed once stored."""
     name, arch = dataset or cfg.dataset, arch or cfg.analysis_model
-    steps = min(CHECK_STEPS, cfg.analysis_max_steps or CHECK_STEPS)
-    conf = _conf(cfg, ("batch_size", "lr", "train_per_class"), dataset=name, arch=arch, seed=seed, steps=steps)
+    conf = check_conf(cfg, name, arch, seed)
+    steps = conf["steps"]
     folder = state_root(cfg) / "amp_check" / f"{name}-{arch}-s{seed}-{store.config_hash(conf)}"
 
     def compute():
@@ -83,11 +89,12 @@ def amp_check(cfg, dataset=None, seed=0, arch=None, progress=True):
     return rec
 
 
-def stored_checks(profile) -> list:
-    """Every stored amp_check record of a profile (readers only)."""
-    folder = store.result_dir(profile, "amp_check")
-    names = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
-    return [r for r in (store.load(profile, "amp_check", n) for n in names) if r is not None]
+def stored_checks(cfg) -> list:
+    """Every stored amp_check record of a profile whose settings are the profile's today (readers only)."""
+    folder = store.result_dir(cfg.name, "amp_check")
+    recs = [store.load(cfg.name, "amp_check", p.stem) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+    return [r for r in recs if r is not None and r.get("config_hash") == store.config_hash(
+        check_conf(cfg, r["config"]["dataset"], r["config"]["arch"], r["config"]["seed"]))]
 
 
 def summary(rec, amp_models) -> str:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rank1lib import precision, store
-from rank1lib.profiles import load_profile
+from rank1lib.profiles import Config, load_profile
 from rank1lib.train import state_root
 
 
@@ -40,7 +40,8 @@ def test_check_on_a_cpu_without_bf16_trains_bf16_as_fp32(tmp_store, cpu_without_
     assert not (state_root(cfg) / "amp_check").exists() or not any((state_root(cfg) / "amp_check").iterdir())
     again = precision.amp_check(cfg, progress=False)  # read back, not recomputed
     assert again["provenance"] == rec["provenance"]
-    assert [r["name"] for r in precision.stored_checks("ci")] == [rec["name"]]
+    assert [r["name"] for r in precision.stored_checks(cfg)] == [rec["name"]]
+    assert precision.stored_checks(Config(cfg, lr=cfg.lr * 2)) == []  # settings changed since: stale, not listed
     assert store.load("ci", "amp_check", rec["name"]) is not None
 
     line = precision.summary(rec, cfg.analysis_amp_models)

@@ -97,6 +97,6 @@ def test_cpu_analysis_bf16_models_agree_with_every_stored_loss_curve_check():
     (precision.amp_check) adopted bf16; a UNet without a stored check is not judged here."""
     from rank1lib.precision import stored_checks
     cfg = load_profile("cpu")
-    for rec in stored_checks("cpu"):
+    for rec in stored_checks(cfg):
         arch = rec.values["arch"]
         assert (arch in cfg.analysis_amp_models) == (rec.values["adopt"] == "bf16 autocast"), arch

@@ -114,7 +114,8 @@ def figure(rec):
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     colour = {k: f"C{i}" for i, k in enumerate(v["runs"])}  # one colour per run on both panels
     for k in v["runs"]:
-        a.plot(mid, v["window_means"][k], marker="o", ms=3, color=colour[k], label=k)
+        wide = dict(lw=5, alpha=0.4) if k == "fp32" else {}  # the reference, visible under a curve that matches it
+        a.plot(mid, v["window_means"][k], marker="o", ms=3, color=colour[k], label=k, **wide)
     a.set(yscale="log", xlabel="optimiser step", ylabel=f"mean loss per window of {v['steps'] // len(mid)} steps",
           title=f"{v['arch']} on {v['dataset']}")
     ref = np.array(v["window_means"]["fp32"])

@@ -97,7 +97,7 @@ def stored_checks(cfg) -> list:
         check_conf(cfg, r["config"]["dataset"], r["config"]["arch"], r["config"]["seed"]))]
 
 
-def summary(rec, amp_models) -> str:
+def check_line(rec, amp_models) -> str:
     """One line on a stored check: both gaps, the rule's outcome, and what the profile (`amp_models`) trains."""
     v = rec.values
     return (f"{v['arch']} on {v['dataset']}, {v['steps']} steps: bf16's mean relative gap from fp32 {v['gap_bf16']:.2%}, "

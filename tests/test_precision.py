@@ -44,7 +44,7 @@ def test_check_on_a_cpu_without_bf16_trains_bf16_as_fp32(tmp_store, cpu_without_
     assert precision.stored_checks(Config(cfg, lr=cfg.lr * 2)) == []  # settings changed since: stale, not listed
     assert store.load("ci", "amp_check", rec["name"]) is not None
 
-    line = precision.summary(rec, cfg.analysis_amp_models)
+    line = precision.check_line(rec, cfg.analysis_amp_models)
     assert "gap from fp32 0.00%" in line and "bf16 in hardware: no" in line and "the rule keeps fp32" in line
-    assert precision.summary(rec, []).endswith(f"trains {v['arch']} in fp32)")
-    assert precision.summary(rec, [v["arch"]]).endswith("in bf16)")
+    assert precision.check_line(rec, []).endswith(f"trains {v['arch']} in fp32)")
+    assert precision.check_line(rec, [v["arch"]]).endswith("in bf16)")

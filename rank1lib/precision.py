@@ -93,8 +93,8 @@ def stored_checks(cfg) -> list:
     """Every stored amp_check record of a profile whose settings are the profile's today (readers only)."""
     folder = store.result_dir(cfg.name, "amp_check")
     recs = [store.load(cfg.name, "amp_check", p.stem) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
-    return [r for r in recs if r is not None and r.get("config_hash") == store.config_hash(
-        check_conf(cfg, r["config"]["dataset"], r["config"]["arch"], r["config"]["seed"]))]
+    return [r for r in recs if r is not None and store.current(
+        r, check_conf(cfg, r["config"]["dataset"], r["config"]["arch"], r["config"]["seed"]))]
 
 
 def check_line(rec, amp_models) -> str:

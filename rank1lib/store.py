@@ -286,9 +286,12 @@ def load(profile, experiment, name, config=None, owner=False):
             set_aside(npz, "its arrays do not match the JSON record (torn write)")
         set_aside(p, "its arrays are missing or torn")
         return None
-    if config is not None and rec.get("config_hash") != config_hash(config):
-        return None
-    return rec
+    return rec if config is None or current(rec, config) else None
+
+
+def current(rec, config) -> bool:
+    """Whether a stored record was computed with `config` (its config hash is that config's)."""
+    return rec.get("config_hash") == config_hash(config)
 
 
 def save_png(profile, experiment, name, fig_or_array):

@@ -99,6 +99,9 @@ def cmd_campaign(args):
     from .campaign import campaign
     store.allow_cli_only(True)
     hours = args.minutes / 60 if args.minutes is not None else args.hours
+    if args.until is not None:
+        from .campaign import hours_until
+        hours = hours_until(args.until)
     if args.prune:
         from .campaign import prune_finished
         from .profiles import load_profile
@@ -189,6 +192,8 @@ def parser():
     when.add_argument("--hours", type=float, default=1.0, help="stop cleanly (checkpoints) after this long")
     when.add_argument("--minutes", type=float, help="the same in minutes (e.g. 9 for one short GPU call); "
                       "items whose measured time does not fit are not started")
+    when.add_argument("--until", metavar="HH:MM", help="stop cleanly at this local clock time (the next one: "
+                      "01:15 given at 23:30 is tomorrow's); lets several campaigns share one end")
     c.add_argument("--jobs", type=int, default=2, help="items run at once (2 x 1 thread measured fastest on 2 cores)")
     c.add_argument("--worker-threads", type=int, default=1, help="torch threads per item process")
     c.add_argument("--dry-run", action="store_true", help="only list the items with status and estimates")

@@ -1,6 +1,6 @@
 """A resumable campaign that builds a profile's committed tier over many sittings.
 
-python -m rank1lib campaign --profile cpu [--hours H] [--jobs J] [--dry-run]
+python -m rank1lib campaign --profile cpu [--hours H | --until HH:MM] [--jobs J] [--dry-run]
 
 The tier is a list of items in priority order; an item is a few `run` commands that share one
 training run (the first trains, the others reuse its checkpoint). Status comes from the store:
@@ -492,6 +492,22 @@ def select_items(items, only=None, skip=None) -> list:
             raise ValueError(f"no campaign item matches {pat!r} (see campaign --dry-run for the item names)")
     hit = lambda key, pats: any(fnmatch.fnmatchcase(key, p) for p in pats)  # noqa: E731
     return [i for i in items if (not only or hit(i.key, only)) and not hit(i.key, skip or [])]
+
+
+def hours_until(clock, now=None):
+    """Hours from `now` (default: the local time) to the next HH:MM on the local clock; one-line error
+    for anything else. A time already past today means tomorrow, so `--until 01:15` works at 23:30."""
+    import datetime as dt
+    try:
+        hh, mm = (int(x) for x in clock.split(":"))
+        target_time = dt.time(hh, mm)
+    except ValueError:
+        raise ValueError(f"--until takes a local clock time HH:MM (e.g. 01:15), not {clock!r}") from None
+    now = now or dt.datetime.now()
+    target = dt.datetime.combine(now.date(), target_time)
+    if target <= now:
+        target += dt.timedelta(days=1)
+    return (target - now).total_seconds() / 3600
 
 
 def campaign(profile, hours=1.0, jobs=2, threads=1, dry_run=False, only=None, log_dir=None, devices=None,

@@ -650,3 +650,20 @@ def test_a_trajectory_item_first_computes_the_snapshots_stored_so_far(tmp_store,
     result, _ = campaign.run_item(cfg, item, 1, time.time() + 60, tmp_store)
     assert result == "done" and started == ["trajectory_so_far", "spectrum", "tweedie", "trajectory"]
     assert campaign.item_status(cfg, item)["missing"] == ["spectrum", "tweedie", "trajectory"]
+
+
+def test_until_is_the_next_such_clock_time():
+    import datetime as dt
+    from rank1lib.campaign import hours_until
+    night = dt.datetime(2026, 12, 6, 23, 30)
+    assert hours_until("01:15", now=night) == pytest.approx(1.75)  # tomorrow's 01:15
+    assert hours_until("23:45", now=night) == pytest.approx(0.25)  # later today
+    assert hours_until("23:30", now=night) == pytest.approx(24.0)  # now means the next one
+
+
+def test_until_refuses_a_malformed_time_in_one_line(capsys):
+    from rank1lib.__main__ import main
+    for bad in ("25:00", "1h", "01:75"):
+        assert main(["campaign", "--until", bad, "--dry-run"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --until takes a local clock time HH:MM") and "\n" not in err

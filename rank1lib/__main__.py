@@ -96,12 +96,8 @@ def cmd_bench(args):
 
 
 def cmd_campaign(args):
-    from .campaign import campaign
+    from .campaign import campaign, hours_until
     store.allow_cli_only(True)
-    hours = args.minutes / 60 if args.minutes is not None else args.hours
-    if args.until is not None:
-        from .campaign import hours_until
-        hours = hours_until(args.until)
     if args.prune:
         from .campaign import prune_finished
         from .profiles import load_profile
@@ -112,6 +108,8 @@ def cmd_campaign(args):
         print(f"{len(rows)} pieces, {sum(r[2] for r in rows) / 2**20:.1f} MiB"
               + (" (dry run: nothing removed)" if args.dry_run else ""))
         return 0
+    hours = (hours_until(args.until) if args.until is not None
+             else args.minutes / 60 if args.minutes is not None else args.hours)
     return campaign(args.profile, hours=hours, jobs=args.jobs, threads=args.worker_threads,
                     dry_run=args.dry_run, only=args.only, skip=args.skip, devices=args.devices,
                     log_dir=args.log_dir)

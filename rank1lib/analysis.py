@@ -133,17 +133,17 @@ TRAIN_KEYS = ("analysis_epochs", "analysis_max_steps", "batch_size", "lr", "trai
 
 def training_progress(cfg, dataset=None, seed=0, method=None):
     """Where the analysis model's training stands (its committed checkpoint), at its own measured rate
-    once it has one; the results computed after training are not counted."""
-    from .train import checkpoint_info
+    once it has one (on this machine's device and precision where it trained there); the results computed
+    after training are not counted."""
+    from .train import measured_rate
     name, arch = dataset or cfg.dataset, cfg.analysis_model
     acfg, ckpt = analysis_dir(cfg, name, seed, arch)
     try:
         steps = steps_for(acfg, len(analysis_data(cfg, name)[0]))
     except (data.DataMissing, OSError):  # the item says so when it runs
         steps = 0
-    step, secs = checkpoint_info(ckpt) or (0, 0.0)
-    per = secs / step if step else estimates.sec_per_step(arch)
-    return estimates.progress(step, steps, max(steps - step, 0) * per)
+    step, per = measured_rate(ckpt, acfg.amp)
+    return estimates.progress(step, steps, max(steps - step, 0) * (per or estimates.sec_per_step(arch)))
 
 
 def training_leftovers(cfg, dataset=None, seed=0, method=None):

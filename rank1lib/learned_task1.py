@@ -151,9 +151,9 @@ def name_of(dataset, method, seed, lam):
 def learned_progress(cfg, dataset=None, seed=0, method=None):
     """Where a two-task run stands (its committed state): task 1's steps and FID points still to do (up to
     task1_max_steps while its length is not chosen), then task 2's steps (a distillation step counts
-    estimates.GD_COST plain ones), its replay pool and its FID evaluations."""
+    estimates.GD_COST plain ones until task 2 has measured its own rate), its replay pool and its FID evaluations."""
     from .runs import dataset_cfg
-    from .train import checkpoint_info
+    from .train import checkpoint_info, measured_rate
     name = dataset or cfg.dataset
     cfg = dataset_cfg(cfg, name)
     d = root(cfg, name, seed)
@@ -173,10 +173,11 @@ def learned_progress(cfg, dataset=None, seed=0, method=None):
         return estimates.progress(step1, n2 if t1 else max(points), left1)
     gd = continual.RECIPES[method][1]
     d2 = d / continual.lineage(cfg, method, 1) / "task2"
-    step2 = min((checkpoint_info(d2 / "ckpt") or (0, 0.0))[0], n2)
+    step2, per2 = measured_rate(d2 / "ckpt", cfg.amp)
+    step2 = min(step2, n2)
     pool = gd and not (d / "task1" / f"{pool_name(cfg)}.pt").exists()
     evals = not eval_file(d2, "after", FID_SEEDS[-1], cfg).exists()
-    left2 = ((n2 - step2) * sec * (estimates.GD_COST if gd else 1.0)
+    left2 = ((n2 - step2) * (per2 or sec * (estimates.GD_COST if gd else 1.0))
              + img * (2 * cfg.replay_per_class * pool + 2 * fid1 * evals))
     return estimates.progress(step2, n2, left1 + left2)
 

@@ -65,11 +65,11 @@ def study_progress(cfg, dataset=None, seed=0, method=None):
     """Where one candidate stands (its committed state): training steps still to run at its own measured
     rate, and the A-FID points not yet evaluated."""
     from .continual import eval_tag
-    from .train import checkpoint_info
+    from .train import measured_rate
     d = study_dir(cfg, dataset or cfg.dataset, seed)
     steps = max(cfg.study_steps)
-    step, secs = checkpoint_info(d / "ckpt") or (0, 0.0)
-    per = secs / step if step else estimates.sec_per_step(cfg.model)
+    step, per = measured_rate(d / "ckpt", cfg.amp)
+    per = per or estimates.sec_per_step(cfg.model)
     todo = [s for s in cfg.study_steps if not (d / f"eval-{s}-{eval_tag(cfg)}.json").exists()]
     return estimates.progress(step, steps, (steps - step) * per + len(todo) * estimates.SEC_PER_STUDY_EVAL_1T
                               + estimates.SETUP_S)

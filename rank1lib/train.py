@@ -135,17 +135,18 @@ def steps_for(cfg, n_images) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def save_checkpoint(model, opt, step, losses, ckpt_dir: Path, seconds=0.0, by_device=None):
+def save_checkpoint(model, opt, step, losses, ckpt_dir: Path, seconds=0.0, by_device=None, steps_by_device=None):
     """save_pretrained + optimiser state into ckpt_dir/last, atomically (unique temp dir, renames);
     `seconds` is the training wall time so far, `by_device` the same split by device name (a run resumed
-    on another machine); opt None: no optimiser state (a run that is finished for good, e.g. a
+    on another machine) and `steps_by_device` the optimiser steps each one trained; opt None: no optimiser state (a run that is finished for good, e.g. a
     continual task: its successor starts a fresh Adam)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))
     model.save_pretrained(tmp)
     torch.save({"opt": opt.state_dict() if opt is not None else None, "step": step, "losses": losses,
-                "seconds": seconds, "by_device": by_device or {}}, tmp / "trainer.pt")
+                "seconds": seconds, "by_device": by_device or {}, "steps_by_device": steps_by_device or {}},
+               tmp / "trainer.pt")
     old = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".old-"))
     if (ckpt_dir / "last").exists():
         os.replace(ckpt_dir / "last", old / "last")
@@ -169,6 +170,25 @@ def checkpoint_info(ckpt_dir: Path):
         return st["step"], st.get("seconds", 0.0)
     except Exception:  # noqa: BLE001 - unreadable: reported when the run resumes
         return None
+
+
+def measured_rate(ckpt_dir: Path, amp="off", device=None):
+    """(step, seconds per optimiser step) of ckpt_dir/last: the rate its run measured on this machine's device
+    and precision (precision_label) where it trained steps there, else its mean over every machine; the rate
+    is None before a first timed step, and (0, None) without a readable checkpoint."""
+    f = Path(ckpt_dir) / "last" / "trainer.pt"
+    try:
+        st = torch.load(f, map_location="cpu", weights_only=False) if f.exists() else None
+    except Exception:  # noqa: BLE001 - unreadable: reported when the run resumes
+        st = None
+    if st is None:
+        return 0, None
+    device = pick_device(device)
+    here = precision_label(device, switch(amp, device) and native_bf16(device))
+    n, s = (st.get("steps_by_device") or {}).get(here, 0), (st.get("by_device") or {}).get(here, 0.0)
+    if n > 0:
+        return st["step"], s / n
+    return st["step"], (st.get("seconds", 0.0) / st["step"] if st["step"] else None)
 
 
 def load_checkpoint(model, opt, ckpt_dir: Path, steps=None):
@@ -216,8 +236,8 @@ def _load_state(model, opt, ckpt_dir: Path, steps=None) -> dict:
         if opt is not None and state["opt"] is not None:
             opt.load_state_dict(state["opt"])
         return {"step": state["step"], "losses": state["losses"], "seconds": state.get("seconds", 0.0),
-                "by_device": state.get("by_device") or {}}
-    return {"step": 0, "losses": [], "seconds": 0.0, "by_device": {}}
+                "by_device": state.get("by_device") or {}, "steps_by_device": state.get("steps_by_device") or {}}
+    return {"step": 0, "losses": [], "seconds": 0.0, "by_device": {}, "steps_by_device": {}}
 
 
 def has_optimiser(ckpt_dir: Path) -> bool:
@@ -291,10 +311,12 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
     opt = make_adam(model, cfg, device)
     state = _load_state(model, opt, ckpt_dir, steps) if ckpt_dir else {"step": 0, "losses": [], "seconds": 0.0}
     start, losses, seconds, split = state["step"], state["losses"], state["seconds"], device_seconds(state)
+    step_split = dict(state.get("steps_by_device") or {})
 
-    def spent():  # training seconds so far, in total and by device (this call's on `here`)
+    def spent():  # training seconds so far, in total and by device, and steps by device (this call's on `here`)
         s = time.time() - t0
-        return seconds + s, {**split, here: split.get(here, 0.0) + s}
+        return (seconds + s, {**split, here: split.get(here, 0.0) + s},
+                {**step_split, here: step_split.get(here, 0) + done})
     snapshot_at = set(snapshot_at) if snapshot_dir else set()
     if start == 0 and 0 in snapshot_at and main:
         save_snapshot(model, 0, snapshot_dir)
@@ -374,10 +396,10 @@ def train(model, x, y, cfg, *, steps, seed=0, ckpt_dir=None, extra_loss=None, de
             print(f"\ninterrupted after step {step + 1}; rerun the same command to resume from the "
                   f"checkpoint in {ckpt_dir}", file=sys.stderr)
         raise
-    total, by_device = spent()
+    total, by_device, steps_by = spent()
     elapsed = total - seconds
     if ckpt_dir and main:
-        save_checkpoint(model, opt if final_opt else None, steps, losses, Path(ckpt_dir), total, by_device)
+        save_checkpoint(model, opt if final_opt else None, steps, losses, Path(ckpt_dir), total, by_device, steps_by)
     distributed.barrier()
     return {"losses": losses, "steps": steps, "images_per_s": done * b / elapsed if elapsed > 0 else None,
             "train_seconds": total, "train_seconds_by_device": by_device}

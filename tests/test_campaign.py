@@ -63,6 +63,14 @@ def test_training_seconds_are_split_by_the_device_that_spent_them(tmp_path, monk
     last = torch.load(tmp_path / "last" / "trainer.pt", weights_only=False)
     assert last["by_device"] == split and last["seconds"] == out["train_seconds"]
     assert set(split) == {a, "CPU-B, fp32"}
+    # steps are split the same way: the campaign's estimate uses the rate of the machine it runs on
+    assert first["steps_by_device"] == {a: 2} and last["steps_by_device"] == {a: 2, "CPU-B, fp32": 2}
+    assert tr.measured_rate(tmp_path, cfg.amp) == (4, pytest.approx(split["CPU-B, fp32"] / 2, rel=1e-12))
+    monkeypatch.setattr(tr, "device_name", lambda device=None: "GPU-A")
+    assert tr.measured_rate(tmp_path, cfg.amp) == (4, pytest.approx(split[a] / 2, rel=1e-12))
+    monkeypatch.setattr(tr, "device_name", lambda device=None: "CPU-C")  # never trained here: the run's mean
+    assert tr.measured_rate(tmp_path, cfg.amp) == (4, pytest.approx(out["train_seconds"] / 4, rel=1e-12))
+    assert tr.measured_rate(tmp_path / "nothing", cfg.amp) == (0, None)
     assert tr.device_seconds({"seconds": 10.0}) == {tr.UNRECORDED: 10.0}  # an old checkpoint
     assert tr.device_seconds({"seconds": 10.0, "by_device": {"CPU-B": 4.0}}) == {"CPU-B": 4.0, tr.UNRECORDED: 6.0}
 
@@ -414,8 +422,9 @@ def test_a_continual_item_counts_only_the_task_steps_still_to_run(tmp_store, mon
 
 def test_a_learned_task1_item_reports_its_task2_steps_and_what_is_left(tmp_store, monkeypatch):
     """A two-task item after a stored task 1 of L steps: its task 2 runs L steps (a distillation step as
-    GD_COST plain ones); a committed task-2 checkpoint makes it partial with the steps left; the replay
-    pool (1,000 images) and the FID evaluations (3 seeds x 2 tasks x 200 images) count until made."""
+    GD_COST plain ones); a committed task-2 checkpoint makes it partial with the steps left at its own
+    measured rate; the replay pool (1,000 images) and the FID evaluations (3 seeds x 2 tasks x 200 images)
+    count until made."""
     from rank1lib import campaign, continual, store
     from rank1lib.learned_task1 import name_of, root
     from rank1lib.runs import dataset_cfg
@@ -429,11 +438,12 @@ def test_a_learned_task1_item_reports_its_task2_steps_and_what_is_left(tmp_store
     icfg = dataset_cfg(campaign.item_cfg(cfg, items["l1-mnist-5k-s0-finetune"]), "mnist-5k")
     d2 = root(icfg, "mnist-5k", 0) / continual.lineage(icfg, "finetune", 1) / "task2" / "ckpt" / "last"
     d2.mkdir(parents=True)
-    torch.save({"step": 600, "seconds": 1.0}, d2 / "trainer.pt")
+    torch.save({"step": 600, "seconds": 1800.0}, d2 / "trainer.pt")  # its own rate, 3 s/step, counts
     st = campaign.item_status(cfg, items["l1-mnist-5k-s0-finetune"])
-    assert (st["state"], st["step"], st["eta_s"]) == ("partial", 600, pytest.approx(L - 600))
+    assert (st["state"], st["step"], st["eta_s"]) == ("partial", 600, pytest.approx(3.0 * (L - 600)))
     _unit_costs(monkeypatch, image=1.0)
     assert campaign.item_status(cfg, items["l1-mnist-5k-s0-gd"])["eta_s"] == 1000 + 3 * 2 * 200
+    torch.save({"step": 600, "seconds": 0.0}, d2 / "trainer.pt")
     assert campaign.item_status(cfg, items["l1-mnist-5k-s0-finetune"])["eta_s"] == 3 * 2 * 200
 
 

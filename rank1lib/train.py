@@ -160,27 +160,27 @@ def _read_checkpoint(d: Path, device):
     return loaded, state
 
 
-def checkpoint_info(ckpt_dir: Path):
-    """(step, seconds) of ckpt_dir/last without loading the model, or None."""
+def _trainer_state(ckpt_dir: Path):
+    """ckpt_dir/last/trainer.pt (step, seconds, optimiser...) without loading the model, or None."""
     f = Path(ckpt_dir) / "last" / "trainer.pt"
-    if not f.exists():
-        return None
     try:
-        st = torch.load(f, map_location="cpu", weights_only=False)
-        return st["step"], st.get("seconds", 0.0)
+        st = torch.load(f, map_location="cpu", weights_only=False) if f.exists() else None
+        return st if isinstance(st, dict) and "step" in st else None
     except Exception:  # noqa: BLE001 - unreadable: reported when the run resumes
         return None
+
+
+def checkpoint_info(ckpt_dir: Path):
+    """(step, seconds) of ckpt_dir/last without loading the model, or None."""
+    st = _trainer_state(ckpt_dir)
+    return (st["step"], st.get("seconds", 0.0)) if st else None
 
 
 def measured_rate(ckpt_dir: Path, amp="off", device=None):
     """(step, seconds per optimiser step) of ckpt_dir/last: the rate its run measured on this machine's device
     and precision (precision_label) where it trained steps there, else its mean over every machine; the rate
     is None before a first timed step, and (0, None) without a readable checkpoint."""
-    f = Path(ckpt_dir) / "last" / "trainer.pt"
-    try:
-        st = torch.load(f, map_location="cpu", weights_only=False) if f.exists() else None
-    except Exception:  # noqa: BLE001 - unreadable: reported when the run resumes
-        st = None
+    st = _trainer_state(ckpt_dir)
     if st is None:
         return 0, None
     device = pick_device(device)

@@ -179,14 +179,16 @@ def checkpoint_info(ckpt_dir: Path):
 def measured_rate(ckpt_dir: Path, amp="off", device=None):
     """(step, seconds per optimiser step) of ckpt_dir/last: the rate its run measured on this machine's device
     and precision (precision_label) where it trained steps there, else its mean over every machine; the rate
-    is None before a first timed step, and (0, None) without a readable checkpoint."""
+    is None before a first timed step, and (0, None) without a readable checkpoint. A run resumed from a
+    checkpoint saved before steps were split by device has seconds without their steps: its mean is used."""
     st = _trainer_state(ckpt_dir)
     if st is None:
         return 0, None
     device = pick_device(device)
     here = precision_label(device, switch(amp, device) and native_bf16(device))
-    n, s = (st.get("steps_by_device") or {}).get(here, 0), (st.get("by_device") or {}).get(here, 0.0)
-    if n > 0:
+    steps_by = st.get("steps_by_device") or {}
+    n, s = steps_by.get(here, 0), (st.get("by_device") or {}).get(here, 0.0)
+    if n > 0 and sum(steps_by.values()) == st["step"]:
         return st["step"], s / n
     return st["step"], (st.get("seconds", 0.0) / st["step"] if st["step"] else None)
 

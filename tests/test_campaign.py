@@ -71,6 +71,12 @@ def test_training_seconds_are_split_by_the_device_that_spent_them(tmp_path, monk
     monkeypatch.setattr(tr, "device_name", lambda device=None: "CPU-C")  # never trained here: the run's mean
     assert tr.measured_rate(tmp_path, cfg.amp) == (4, pytest.approx(out["train_seconds"] / 4, rel=1e-12))
     assert tr.measured_rate(tmp_path / "nothing", cfg.amp) == (0, None)
+    # resumed from an old checkpoint (seconds split, steps not): the seconds here include untimed steps
+    old = tmp_path / "old" / "last"
+    old.mkdir(parents=True)
+    torch.save({"step": 30, "seconds": 90.0, "by_device": {"CPU-C, fp32": 80.0, "X": 10.0},
+                "steps_by_device": {"CPU-C, fp32": 10}}, old / "trainer.pt")
+    assert tr.measured_rate(old.parent, cfg.amp) == (30, pytest.approx(3.0))
     assert tr.device_seconds({"seconds": 10.0}) == {tr.UNRECORDED: 10.0}  # an old checkpoint
     assert tr.device_seconds({"seconds": 10.0, "by_device": {"CPU-B": 4.0}}) == {"CPU-B": 4.0, tr.UNRECORDED: 6.0}
 

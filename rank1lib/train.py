@@ -138,8 +138,8 @@ def steps_for(cfg, n_images) -> int:
 def save_checkpoint(model, opt, step, losses, ckpt_dir: Path, seconds=0.0, by_device=None, steps_by_device=None):
     """save_pretrained + optimiser state into ckpt_dir/last, atomically (unique temp dir, renames);
     `seconds` is the training wall time so far, `by_device` the same split by device name (a run resumed
-    on another machine) and `steps_by_device` the optimiser steps each one trained; opt None: no optimiser state (a run that is finished for good, e.g. a
-    continual task: its successor starts a fresh Adam)."""
+    on another machine) and `steps_by_device` the optimiser steps each one trained; opt None: no optimiser
+    state (a run that is finished for good, e.g. a continual task: its successor starts a fresh Adam)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=".tmp-"))

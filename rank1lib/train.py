@@ -190,7 +190,8 @@ def measured_rate(ckpt_dir: Path, amp="off", device=None):
     n, s = steps_by.get(here, 0), (st.get("by_device") or {}).get(here, 0.0)
     if n > 0 and sum(steps_by.values()) == st["step"]:
         return st["step"], s / n
-    return st["step"], (st.get("seconds", 0.0) / st["step"] if st["step"] else None)
+    secs = st.get("seconds", 0.0)
+    return st["step"], (secs / st["step"] if st["step"] and secs > 0 else None)
 
 
 def load_checkpoint(model, opt, ckpt_dir: Path, steps=None):

@@ -77,6 +77,8 @@ def test_training_seconds_are_split_by_the_device_that_spent_them(tmp_path, monk
     torch.save({"step": 30, "seconds": 90.0, "by_device": {"CPU-C, fp32": 80.0, "X": 10.0},
                 "steps_by_device": {"CPU-C, fp32": 10}}, old / "trainer.pt")
     assert tr.measured_rate(old.parent, cfg.amp) == (30, pytest.approx(3.0))
+    torch.save({"step": 30, "seconds": 0.0}, old / "trainer.pt")  # saved before seconds were kept: no rate
+    assert tr.measured_rate(old.parent, cfg.amp) == (30, None)
     assert tr.device_seconds({"seconds": 10.0}) == {tr.UNRECORDED: 10.0}  # an old checkpoint
     assert tr.device_seconds({"seconds": 10.0, "by_device": {"CPU-B": 4.0}}) == {"CPU-B": 4.0, tr.UNRECORDED: 6.0}
 

@@ -87,15 +87,16 @@ def native_bf16(device) -> bool:
 _WARNED = set()
 
 
-def amp_on(value, device) -> bool:
+def amp_on(value, device, warn=True) -> bool:
     """bf16 autocast switch 'auto' | 'on' | 'off' (auto: CUDA only). 'on' holds where the device does bf16 in
     hardware; a CPU without it emulates bf16 (17x slower than fp32 on a 2-core AMD EPYC), so it trains in
-    fp32 there, with a warning; the device label of the seconds it spends says which (precision_label)."""
+    fp32 there, with a warning (warn=False: silently, for estimates that train nothing); the device label
+    of the seconds it spends says which (precision_label)."""
     if not switch(value, device):
         return False
     if native_bf16(device):
         return True
-    if str(device) not in _WARNED:
+    if warn and str(device) not in _WARNED:
         _WARNED.add(str(device))
         print(f"warning: amp=on, but {device_name(device)} has no native bf16 (AVX512-BF16/AMX); "
               f"training in fp32 here", file=sys.stderr)
@@ -185,7 +186,7 @@ def measured_rate(ckpt_dir: Path, amp="off", device=None):
     if st is None:
         return 0, None
     device = pick_device(device)
-    here = precision_label(device, switch(amp, device) and native_bf16(device))
+    here = precision_label(device, amp_on(amp, device, warn=False))
     steps_by = st.get("steps_by_device") or {}
     n, s = steps_by.get(here, 0), (st.get("by_device") or {}).get(here, 0.0)
     if n > 0 and sum(steps_by.values()) == st["step"]:

@@ -480,6 +480,8 @@ def test_bf16_autocast_only_where_the_device_does_bf16_in_hardware(tmp_path, mon
     monkeypatch.setattr(tr, "_WARNED", set())  # warned once per process: an earlier test may have warned
     assert not tr.native_bf16("cpu") and not tr.amp_on("on", "cpu") and not tr.amp_on("auto", "cpu")
     assert "no native bf16" in capsys.readouterr().err
+    monkeypatch.setattr(tr, "_WARNED", set())
+    assert not tr.amp_on("on", "cpu", warn=False) and capsys.readouterr().err == ""  # estimates stay quiet
     ref_net, net = _net(seed=3), _net(seed=3)
     ref = train(ref_net, x, y, load_profile("ci", batch_size=8, amp="off", ckpt_every=0), steps=3, progress=False)
     out = train(net, x, y, load_profile("ci", batch_size=8, amp="on", ckpt_every=0), steps=3, seed=0,

@@ -80,12 +80,15 @@ def config_hash(config) -> str:
 
 
 def git_commit() -> str:
+    """Short HEAD of the checkout, '+dirty' where tracked files other than book/results differ from it:
+    results a run writes are not a change of the code that made them."""
     if not CHECKOUT:
         return "unknown (installed package)"
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", ":(exclude)book/results"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -1,5 +1,6 @@
 """The provenance page's tables, from a hand-written campaign ledger and results saved through the store."""
 import json
+import subprocess
 
 from rank1lib import provenance, store
 
@@ -34,3 +35,24 @@ def test_results_carry_each_records_provenance(tmp_store):
     assert provenance.hours_by(rows, "experiment") == {"spectrum": 2.0, "vae": 0.0}
     fig = provenance.hours_figure(rows, [_row("a", "2026-12-01 10:00:00", 3600)])
     assert len(fig.axes) == 2
+
+
+def test_commit_is_dirty_for_changed_code_not_for_changed_results(tmp_path, monkeypatch):
+    """A campaign's own results (book/results) leave the commit clean; an edited tracked source file marks it."""
+    def git(*a):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", *a],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "book" / "results").mkdir(parents=True)
+    (tmp_path / "book" / "results" / "r.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(store, "REPO", tmp_path)
+    monkeypatch.setattr(store, "CHECKOUT", True)
+    head = git("rev-parse", "--short", "HEAD")
+    assert store.git_commit() == head
+    (tmp_path / "book" / "results" / "r.json").write_text('{"v": 2}')
+    assert store.git_commit() == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert store.git_commit() == head + "+dirty"

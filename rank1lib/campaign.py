@@ -362,6 +362,19 @@ def print_status(cfg, items, statuses):
     unit = "on the tier's device" if all(it.minutes for it in items) else "of one-thread work"
     print(f"  total left: about {_fmt_s(left)} {unit}"
           + (f" (+ about {_fmt_s(blocked)} blocked, at the profile's current settings)" if blocked else ""))
+    if slow_without_bf16(cfg, items):
+        print("  note: this CPU has no native bf16, so it trains in fp32: an item without a rate measured here "
+              "takes about 1.7-2.5x the reference estimate above (diag-gd and base-resnet on an AMD EPYC, 2026-12-07)")
+
+
+def slow_without_bf16(cfg, items) -> bool:
+    """Whether the profile trains in bf16 where it can, this machine is a CPU without it, and some item is
+    estimated at the one-thread reference rates (not in measured device minutes)."""
+    from .train import native_bf16, pick_device
+    wants = "on" in (cfg.amp, cfg.cl_amp) or bool(cfg.analysis_amp_models)
+    device = pick_device(None)
+    return (wants and device.type == "cpu" and not native_bf16(device)
+            and not all(it.minutes for it in items))
 
 
 def _ledger_path(cfg):

@@ -687,3 +687,17 @@ def test_until_refuses_a_malformed_time_in_one_line(capsys):
         assert main(["campaign", "--until", bad, "--dry-run"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --until takes a local clock time HH:MM") and "\n" not in err
+
+
+def test_the_plan_says_when_this_cpu_lacks_the_bf16_its_estimates_assume(tmp_store, monkeypatch, capsys,
+                                                                         cpu_without_bf16):
+    """The cpu tier trains in bf16 where the CPU has it; on one without, the plan says its reference
+    estimates are short. The ci profile (amp auto: fp32 on any CPU) and a bf16 CPU get no such note."""
+    from rank1lib import campaign
+    items = campaign.all_items(load_profile("cpu"))
+    assert campaign.slow_without_bf16(load_profile("cpu"), items)
+    assert not campaign.slow_without_bf16(load_profile("ci"), campaign.all_items(load_profile("ci")))
+    campaign.print_status(load_profile("cpu"), items[:1], [campaign.item_status(load_profile("cpu"), items[0])])
+    assert "no native bf16" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert not campaign.slow_without_bf16(load_profile("cpu"), items)

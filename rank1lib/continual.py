@@ -181,12 +181,13 @@ class Evaluator:
         ref, mu, sigma = self.ref_features(i)
         return fid.frechet_distance(mu, sigma, feats2=feats), fid.kid(ref, feats)
 
-    def row(self, model, k, partial=None, seed=seeds.FID_SAMPLING):
+    def row(self, model, k, partial=None, seed=seeds.FID_SAMPLING, progress=False, desc="FID"):
         """{"fid": [FID_i(m_k)], "kid": [KID_i(m_k)]} for tasks i = 0..k. Each task's images have their own
         seed, so with `partial` (a JSON path) every finished task is saved at once and a rerun after an
-        interruption computes only the missing tasks, with the same numbers; the file goes when the row is done."""
+        interruption computes only the missing tasks, with the same numbers; the file goes when the row is done.
+        progress: a bar over the tasks (sampling and features of one task per tick)."""
         done = (_read(partial, True)[0] or {}) if partial is not None else {}
-        for i in range(k + 1):
+        for i in tqdm(range(k + 1), desc=desc, unit="task", disable=not progress, leave=False):
             if str(i) in done:
                 continue
             y = self.reference(i)[1]
@@ -326,7 +327,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
             inf = train_task(net, x, y, cfg, d, seed, 99, None, f"joint ({T} tasks at once)", stop, device, progress)
             if inf is None:
                 return None
-            ev_row = evaluate(ev, net, T - 1, d, cfg)
+            ev_row = evaluate(ev, net, T - 1, d, cfg, progress)
             M[-1], K[-1] = ev_row["fid"], ev_row["kid"]
             info.append(inf)
             shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
@@ -345,7 +346,7 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
             if inf is None:
                 return None
             info.append(inf)
-            ev_row = evaluate(ev, net, k, d, cfg)
+            ev_row = evaluate(ev, net, k, d, cfg, progress)
             M[k, :k + 1], K[k, :k + 1] = ev_row["fid"], ev_row["kid"]
             shots.append(cached(d / f"samples-{eval_tag(cfg)}.pt", lambda: samples(net, dataset, cfg)))
             if k == T - 1:
@@ -367,11 +368,11 @@ def run(cfg, dataset, method, seed=0, progress=True, stop_at=None, device=None):
     return summarise(cfg, dataset, method, seed, (M, K, floors(ev, root, T)), info, shots, net, n_fid)
 
 
-def evaluate(ev, net, k, d, cfg):
+def evaluate(ev, net, k, d, cfg, progress=False):
     """The cached evaluation row of the model after task k (resumable per task through a .part file)."""
     f = d / f"eval-{eval_tag(cfg)}.json"
     part = d / f"eval-{eval_tag(cfg)}.part.json"
-    row = cached(f, lambda: ev.row(net, k, part), as_json=True)
+    row = cached(f, lambda: ev.row(net, k, part, progress=progress, desc=f"FID after task {k + 1}"), as_json=True)
     if distributed.is_main():
         part.unlink(missing_ok=True)
     return row

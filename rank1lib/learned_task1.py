@@ -52,10 +52,11 @@ def pool_name(cfg):
     return f"pool-{cfg.replay_per_class}-{cfg.ddim_steps}-b{cfg.sample_batch}"
 
 
-def fid_rows(ev, net, k, d, tag):
+def fid_rows(ev, net, k, d, tag, progress=False):
     """{"fid": [[FID_i] per sampling seed], "kid": [...]} over tasks i = 0..k (each cached in d)."""
     rows = [cached(eval_file(d, tag, s, ev.cfg),
-                   lambda s=s: ev.row(net, k, seed=seeds.fid_sampling(s)), as_json=True) for s in FID_SEEDS]
+                   lambda s=s: ev.row(net, k, seed=seeds.fid_sampling(s), progress=progress,
+                                      desc=f"FID {tag}, sampling seed {s}"), as_json=True) for s in FID_SEEDS]
     return {"fid": [r["fid"] for r in rows], "kid": [r["kid"] for r in rows]}
 
 
@@ -83,7 +84,7 @@ def learn_task1(cfg, dataset, seed, device, progress=True):
                   snapshot_dir=d / "snapshots", snapshot_at={p})
         else:
             net.load_state_dict(load_file(str(snap), device=str(device)))
-        rows = fid_rows(ev, net, 0, d, f"step{p}")
+        rows = fid_rows(ev, net, 0, d, f"step{p}", progress)
         fids = [r[0] for r in rows["fid"]]
         curve.append({"step": p, "fid": fids, "kid": [r[0] for r in rows["kid"]]})
         chosen = p
@@ -124,7 +125,7 @@ def task2(cfg, dataset, seed, method, net1, d1, steps, device, progress=True):
     out = train(net, x2, y2, step_settings(cfg), steps=steps, seed=seeds.task(seed, 1), ckpt_dir=d / "ckpt",
                 extra_loss=combine(pen, distill), desc=f"{method} task 2", progress=progress, device=device,
                 final_opt=False)
-    return fid_rows(Evaluator(cfg, ds, device), net.eval(), 1, d, "after"), out.get("train_seconds")
+    return fid_rows(Evaluator(cfg, ds, device), net.eval(), 1, d, "after", progress), out.get("train_seconds")
 
 
 def summary(t1, rows2, method, lam, train_seconds) -> dict:

@@ -328,3 +328,23 @@ def test_fid_resize_floors_follow_each_extractor(tmp_store):
     assert len(r["floor_tf"]) == len(r["floor_bilinear"]) and r["floor_tf"] != r["floor_bilinear"]
     assert "task1_model_bilinear" not in r  # no continual run stored here
     assert cl_runs.resize_table(rec).shape[0] == len(r["floor_tf"])
+
+
+def test_an_evaluation_shows_its_progress_over_tasks_without_changing_its_scores(tmp_path, monkeypatch, capsys):
+    """Evaluator.row with progress draws a bar named by desc over the tasks it scores; the scores are
+    those of the same row without it."""
+    import torch
+    from rank1lib import data
+    from rank1lib.models import build_unet
+    monkeypatch.setenv("RANK1_CKPT", str(tmp_path))
+    c = cfg()
+    ds = data.load_images("mnist-5k")
+    torch.manual_seed(0)
+    net = build_unet(c.model, 10, ds.channels).eval()
+    ev = continual.Evaluator(c, ds, "cpu")
+    quiet = ev.row(net, 1)
+    assert capsys.readouterr().err == ""
+    shown = ev.row(net, 1, progress=True, desc="FID after task 2")
+    err = capsys.readouterr().err
+    assert "FID after task 2" in err and "/2 [" in err  # a bar over the two tasks
+    assert shown == quiet

@@ -363,8 +363,9 @@ def print_status(cfg, items, statuses):
     print(f"  total left: about {_fmt_s(left)} {unit}"
           + (f" (+ about {_fmt_s(blocked)} blocked, at the profile's current settings)" if blocked else ""))
     if slow_without_bf16(cfg, items):
-        print("  note: this CPU has no native bf16, so it trains in fp32: an item without a rate measured here "
-              "takes about 1.7-2.5x the reference estimate above (diag-gd and base-resnet on an AMD EPYC, 2026-12-07)")
+        print("  note: this CPU has no native bf16, so the bf16 settings train in fp32 here, about 2.5-3x slower than "
+              "on the Xeon whose rates are the reference: an item without a rate measured here takes longer than "
+              "its estimate above (README, 'What it costs')")
 
 
 def slow_without_bf16(cfg, items) -> bool:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from . import continual, data, estimates, replay, seeds, store
 from .continual import Evaluator, add_to_penalty, cached, combine, eval_tag, method_penalty, stat_name, step_settings
 from .models import build_unet
-from .profiles import Config, reading, set_args
+from .profiles import Config, load_profile, reading, set_args
 from .registry import experiment
 from .train import amp_on, drop_optimiser, pick_device, snapshots, state_root, train
 
@@ -61,8 +61,11 @@ def fid_rows(ev, net, k, d, tag, progress=False):
 
 
 def _joint_fid1(cfg, dataset, seed, progress):
+    """Task 1's FID under the joint model (all tasks at once). The joint run has no penalty, so every lambda
+    reads the one stored at the profile's own lambda instead of training its own."""
     from .runs import continual_run
-    return float(continual_run(cfg, dataset, seed, "joint", progress).values["fid"][-1][0])
+    joint = Config(cfg, lam=load_profile(cfg.name).lam)
+    return float(continual_run(joint, dataset, seed, "joint", progress).values["fid"][-1][0])
 
 
 def learn_task1(cfg, dataset, seed, device, progress=True):

@@ -41,3 +41,17 @@ def test_summary_by_hand():
     assert s["forgetting"] == pytest.approx(3.0) and s["forgetting_se"] == pytest.approx(0.0)
     assert s["task2_fid"] == pytest.approx(22.0) and s["task2_fid_se"] == pytest.approx(2 / np.sqrt(3))
     assert s["a_fid"] == pytest.approx((15 + 22) / 2)
+
+
+def test_every_lambda_scores_task1_against_the_same_stored_joint_model(tmp_store, monkeypatch):
+    """The joint model has no penalty: a two-task run at another lambda reads the joint result stored at the
+    profile's own lambda (the same FID) and trains no joint model of its own."""
+    from rank1lib import continual
+    from rank1lib.profiles import Config
+    cfg = load_profile("ci", model="small1", train_per_class=8, batch_size=8, fid_per_class=2, ddim_steps=1,
+                       fid_extractor="pixels", sample_batch=64)
+    first = lt._joint_fid1(cfg, "mnist-5k", 0, False)
+    real, calls = continual.run, []
+    monkeypatch.setattr(continual, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert lt._joint_fid1(Config(cfg, lam=cfg.lam / 10), "mnist-5k", 0, False) == first
+    assert calls == []

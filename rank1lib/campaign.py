@@ -24,6 +24,7 @@ from pathlib import Path
 from . import store
 from .estimates import SEC_PER_SPECTRUM_T_1T, SETUP_S, sec_per_step
 from .profiles import Config, load_profile, reading
+from .train import drop_optimiser, native_bf16, pick_device
 
 EXIT_DEADLINE = 3
 _STOP = threading.Event()  # set by Ctrl-C / SIGTERM: children are asked to checkpoint and stop
@@ -371,9 +372,8 @@ def print_status(cfg, items, statuses):
 def slow_without_bf16(cfg, items) -> bool:
     """Whether the profile trains in bf16 where it can, this machine is a CPU without it, and some item is
     estimated at the one-thread reference rates (not in measured device minutes)."""
-    from .train import native_bf16, pick_device
     wants = "on" in (cfg.amp, cfg.cl_amp) or bool(cfg.analysis_amp_models)
-    device = pick_device(None)
+    device = pick_device()
     return (wants and device.type == "cpu" and not native_bf16(device)
             and not all(it.minutes for it in items))
 
@@ -478,7 +478,6 @@ def finished_state(cfg, items, statuses) -> list:
 def prune_finished(cfg, items=None, dry_run=False) -> list:
     """Remove finished_state (or, dry_run, only list it); returns [(path, kind, bytes)]."""
     import shutil
-    from .train import drop_optimiser
     items = all_items(cfg) if items is None else items
     rows = []
     for path, kind in finished_state(cfg, items, [item_status(cfg, i) for i in items]):

@@ -23,7 +23,7 @@ def machine(row) -> str:
 def sittings(rows) -> list:
     """One row per campaign sitting (ledger rows of one calendar day and commit), oldest first:
     items worked on, wall hours summed over items, machines, commit. A '+dirty' mark does not split a
-    sitting: in ledger rows it can stand for nothing but the campaign's own new results."""
+    sitting: a sitting is one day's work from one commit, uncommitted edits included."""
     out = defaultdict(lambda: {"items": set(), "wall_h": 0.0, "machines": set(), "finished": 0})
     for r in rows:
         s = out[(r["start"][:10], r.get("commit", "?").removesuffix("+dirty"))]

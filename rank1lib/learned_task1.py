@@ -19,7 +19,8 @@ from .continual import Evaluator, add_to_penalty, cached, combine, eval_tag, met
 from .models import build_unet
 from .profiles import Config, load_profile, reading, set_args
 from .registry import experiment
-from .train import amp_on, drop_optimiser, pick_device, snapshots, state_root, train
+from .train import (amp_on, checkpoint_info, drop_optimiser, measured_rate, pick_device, rate_here, snapshots,
+                    state_root, train)
 
 LEARNED = 1.5            # task 1 is learned when its FID <= 1.5 x the joint model's FID on task 1
 FID_SEEDS = (0, 1, 2)    # DDIM sampling seeds of every FID (the model is the same; the noise is not)
@@ -152,12 +153,21 @@ def name_of(dataset, method, seed, lam):
     return f"{dataset}-{method or 'task1'}-s{seed}" + (f"-lam{lam:g}" if lam is not None else "")
 
 
+def sibling_rate(d, method, amp):
+    """Seconds per task-2 step that another run of `method` from the same task 1 (another lambda: the same
+    network and the same step) measured on this machine, or None; their median where there are several."""
+    rates = [rate_here(c, amp) for c in sorted(d.glob("*/task2/ckpt"))
+             if c.parent.parent.name.rsplit("-", 1)[0] == method]
+    rates = [r for r in rates if r]
+    return float(np.median(rates)) if rates else None
+
+
 def learned_progress(cfg, dataset=None, seed=0, method=None):
     """Where a two-task run stands (its committed state): task 1's steps and FID points still to do (up to
-    task1_max_steps while its length is not chosen), then task 2's steps (a distillation step counts
-    estimates.GD_COST plain ones until task 2 has measured its own rate), its replay pool and its FID evaluations."""
+    task1_max_steps while its length is not chosen), then task 2's steps at its own measured rate, else at the
+    rate a sibling measured here (sibling_rate), else at the reference rate (a distillation step counting
+    estimates.GD_COST plain ones), then its replay pool and its FID evaluations."""
     from .runs import dataset_cfg
-    from .train import checkpoint_info, measured_rate
     name = dataset or cfg.dataset
     cfg = dataset_cfg(cfg, name)
     d = root(cfg, name, seed)
@@ -178,7 +188,7 @@ def learned_progress(cfg, dataset=None, seed=0, method=None):
     gd = continual.RECIPES[method][1]
     d2 = d / continual.lineage(cfg, method, 1) / "task2"
     step2, per2 = measured_rate(d2 / "ckpt", cfg.amp)
-    step2 = min(step2, n2)
+    step2, per2 = min(step2, n2), per2 or sibling_rate(d, method, cfg.amp)
     pool = gd and not (d / "task1" / f"{pool_name(cfg)}.pt").exists()
     evals = not eval_file(d2, "after", FID_SEEDS[-1], cfg).exists()
     left2 = ((n2 - step2) * (per2 or sec * (estimates.GD_COST if gd else 1.0))

@@ -177,20 +177,30 @@ def checkpoint_info(ckpt_dir: Path):
     return (st["step"], st.get("seconds", 0.0)) if st else None
 
 
-def measured_rate(ckpt_dir: Path, amp="off", device=None):
-    """(step, seconds per optimiser step) of ckpt_dir/last: the rate its run measured on this machine's device
-    and precision (precision_label) where it trained steps there, else its mean over every machine; the rate
-    is None before a first timed step, and (0, None) without a readable checkpoint. A run resumed from a
-    checkpoint saved before steps were split by device has seconds without their steps: its mean is used."""
-    st = _trainer_state(ckpt_dir)
+def rate_here(ckpt_dir: Path, amp="off", device=None, state=None):
+    """Seconds per optimiser step that ckpt_dir/last measured on this machine's device and precision
+    (precision_label), or None: never trained here, or resumed from a checkpoint saved before steps were
+    split by device (its seconds here include steps it did not count)."""
+    st = _trainer_state(ckpt_dir) if state is None else state
     if st is None:
-        return 0, None
+        return None
     device = pick_device(device)
     here = precision_label(device, amp_on(amp, device, warn=False))
     steps_by = st.get("steps_by_device") or {}
     n, s = steps_by.get(here, 0), (st.get("by_device") or {}).get(here, 0.0)
-    if n > 0 and sum(steps_by.values()) == st["step"]:
-        return st["step"], s / n
+    return s / n if n > 0 and sum(steps_by.values()) == st["step"] else None
+
+
+def measured_rate(ckpt_dir: Path, amp="off", device=None):
+    """(step, seconds per optimiser step) of ckpt_dir/last: rate_here where it trained steps here, else its
+    mean over every machine; the rate is None before a first timed step, and (0, None) without a readable
+    checkpoint."""
+    st = _trainer_state(ckpt_dir)
+    if st is None:
+        return 0, None
+    per = rate_here(ckpt_dir, amp, device, st)
+    if per is not None:
+        return st["step"], per
     secs = st.get("seconds", 0.0)
     return st["step"], (secs / st["step"] if st["step"] and secs > 0 else None)
 

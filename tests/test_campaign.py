@@ -455,6 +455,44 @@ def test_a_learned_task1_item_reports_its_task2_steps_and_what_is_left(tmp_store
     assert campaign.item_status(cfg, items["l1-mnist-5k-s0-finetune"])["eta_s"] == 3 * 2 * 200
 
 
+def test_a_pending_lambda_borrows_the_task2_rate_a_sibling_measured_on_this_machine(tmp_store, monkeypatch):
+    """A two-task run at a new lambda has no checkpoint: its task 2 is estimated at the rate another lambda of
+    the same method measured here (same network, same step), not at the reference rate; a sibling's rate
+    measured on another machine, or a sibling of another method, does not count."""
+    from rank1lib import campaign, continual, store, train as tr
+    from rank1lib.learned_task1 import name_of, root
+    from rank1lib.profiles import Config
+    from rank1lib.runs import dataset_cfg
+    cfg = load_profile("cpu")
+    items = {i.key: i for i in campaign.learned_items(cfg)}
+    L = 1000
+    store.save("cpu", "learned_task1", name_of("mnist-5k", None, 0, None), {}, {"steps": L})
+    _unit_costs(monkeypatch, step=1.0)  # reference: 2 s per distillation step
+    monkeypatch.setattr(tr, "device_name", lambda device=None: "CPU-HERE")
+    here = tr.precision_label("cpu", tr.amp_on(cfg.amp, "cpu", warn=False))
+    pending = items["l1-mnist-5k-s0-rank1-gd-lam150"]
+    assert campaign.item_status(cfg, pending)["eta_s"] == pytest.approx(2.0 * L)
+
+    def sibling(method, lam, by_device, steps_by_device):
+        icfg = dataset_cfg(Config(cfg, lam=lam), "mnist-5k")
+        d = root(icfg, "mnist-5k", 0) / continual.lineage(icfg, method, 1) / "task2" / "ckpt" / "last"
+        d.mkdir(parents=True, exist_ok=True)
+        n = sum(steps_by_device.values())
+        torch.save({"step": n, "seconds": sum(by_device.values()), "by_device": by_device,
+                    "steps_by_device": steps_by_device}, d / "trainer.pt")
+        return d
+
+    sibling("diag-gd", 15000.0, {here: 4000.0}, {here: 100})  # another method: not a sibling
+    other = sibling("rank1-gd", 1500.0, {"CPU-ELSEWHERE, fp32": 500.0}, {"CPU-ELSEWHERE, fp32": 100})
+    assert campaign.item_status(cfg, pending)["eta_s"] == pytest.approx(2.0 * L)
+    torch.save({"step": 300, "seconds": 3000.0, "by_device": {"CPU-ELSEWHERE, fp32": 500.0, here: 2500.0},
+                "steps_by_device": {"CPU-ELSEWHERE, fp32": 100, here: 200}}, other / "trainer.pt")
+    st = campaign.item_status(cfg, pending)
+    assert (st["state"], st["step"], st["eta_s"]) == ("pending", 0, pytest.approx(12.5 * L))
+    # the sibling itself keeps its own rate here (12.5 s/step) for its own steps left
+    assert campaign.item_status(cfg, items["l1-mnist-5k-s0-rank1-gd-lam1500"])["eta_s"] == pytest.approx(12.5 * 700)
+
+
 def test_only_and_skip_select_items_by_glob():
     """--skip '*-gd*' leaves exactly the Table-1 runs without distillation (checked against each item's
     --method); --only takes globs and exact names; a pattern that matches nothing is an error."""

@@ -64,6 +64,17 @@ def test_scale_table_puts_each_verdict_under_its_model_and_budget(monkeypatch):
     assert "at each model and budget" in claims.markdown(row)
 
 
+def test_a_full_mnist_result_of_either_network_heads_the_claim_before_mnist_5k(monkeypatch):
+    """The attention-free network on full MNIST (the appendix's literal network at the paper's budget) is the
+    headline while the base UNet on full MNIST is not stored, even though base on mnist-5k is."""
+    got = {"base-mnist-5k": spectrum(1.2), "base-resnet-mnist": spectrum(0.5, params=139_000, steps=93_800)}
+    monkeypatch.setattr(scales, "spectra", lambda scale, seeds=None: {0: got[scale.key]} if scale.key in got else {})
+    row = claims.ledger("cpu")[claims.CLAIMS.index(claims.BY_ID["C5"])]
+    assert [s["scale"] for s in row["scales"]] == ["base-resnet-mnist", "base-mnist-5k"]
+    assert row["headline"].startswith("base UNet without attention (139,000 parameters), full MNIST, 93,800 steps")
+    assert row["verdict"] == "agree"
+
+
 def test_a_verdict_whose_premise_fails_says_so():
     row = {"verdict": "disagree", "premise": {"holds": False, "text": "x"}}
     assert claims.verdict_text(row) == "does not agree (premise not met)"

@@ -153,12 +153,13 @@ def name_of(dataset, method, seed, lam):
     return f"{dataset}-{method or 'task1'}-s{seed}" + (f"-lam{lam:g}" if lam is not None else "")
 
 
-def sibling_rate(d, method, amp):
-    """Seconds per task-2 step that another run of `method` from the same task 1 (another lambda: the same
-    network and the same step) measured on this machine, or None; their median where there are several."""
-    rates = [rate_here(c, amp) for c in sorted(d.glob("*/task2/ckpt"))
-             if c.parent.parent.name.rsplit("-", 1)[0] == method]
-    rates = [r for r in rates if r]
+def sibling_rate(cfg, d, method):
+    """Seconds per task-2 step that another run of `method` in RUNS from the same task 1 (another lambda: the
+    same network and the same step) measured on this machine, or None; their median where there are several."""
+    lam0 = load_profile(cfg.name).lam
+    dirs = {continual.lineage(Config(cfg, lam=lam0 if lam is None else lam), method, 1)
+            for m, lam in RUNS if m == method}
+    rates = [r for r in (rate_here(d / x / "task2" / "ckpt", cfg.amp) for x in sorted(dirs)) if r]
     return float(np.median(rates)) if rates else None
 
 
@@ -188,7 +189,7 @@ def learned_progress(cfg, dataset=None, seed=0, method=None):
     gd = continual.RECIPES[method][1]
     d2 = d / continual.lineage(cfg, method, 1) / "task2"
     step2, per2 = measured_rate(d2 / "ckpt", cfg.amp)
-    step2, per2 = min(step2, n2), per2 or sibling_rate(d, method, cfg.amp)
+    step2, per2 = min(step2, n2), per2 or sibling_rate(cfg, d, method)
     pool = gd and not (d / "task1" / f"{pool_name(cfg)}.pt").exists()
     evals = not eval_file(d2, "after", FID_SEEDS[-1], cfg).exists()
     left2 = ((n2 - step2) * (per2 or sec * (estimates.GD_COST if gd else 1.0))

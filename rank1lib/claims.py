@@ -610,7 +610,7 @@ SEEDED = ("C2", "C3", "C4", "C5")  # claims read from one spectrum run: their ru
 
 
 def by_seed(profile, ids=SEEDED) -> list:
-    """Each claim's rule applied to every stored seed of the profile (the ledger rates seed 0):
+    """Each claim's rule applied to every stored seed of the profile (the ledger reads their mean and a majority):
     [{'id', 'seed', 'outcome', 'ours'}]; seeds not in the store are left out."""
     cfg = load_profile(profile)
     rows = []

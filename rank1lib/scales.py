@@ -71,6 +71,17 @@ def spectra(scale, seeds=None) -> dict:
     return out
 
 
+def paper_budget_spectrum():
+    """(Scale, seed-0 spectrum) of the first full-MNIST scale in SCALES order that has one stored (the network
+    that heads the ledger at the paper's budget), or None while neither is stored."""
+    for sc in SCALES:
+        if sc.dataset == "mnist":
+            rec = spectra(sc, [0]).get(0)
+            if rec is not None:
+                return sc, rec
+    return None
+
+
 def label(scale, rec) -> str:
     """'base UNet (151,249 parameters), full MNIST, 93,800 steps' from a stored record."""
     v = rec.values

@@ -75,6 +75,20 @@ def test_a_full_mnist_result_of_either_network_heads_the_claim_before_mnist_5k(m
     assert row["verdict"] == "agree"
 
 
+@pytest.mark.parametrize("stored, first", [
+    (("base-resnet-mnist", "base-mnist-5k"), "base-resnet-mnist"),
+    (("base-mnist", "base-resnet-mnist", "base-mnist-5k"), "base-mnist"),  # with attention, as the paper's
+    (("base-mnist-5k", "cl-mnist-5k"), None),  # no run at the paper's budget yet
+])
+def test_the_paper_budget_spectrum_is_full_mnist_with_attention_first(monkeypatch, stored, first):
+    got = {k: spectrum(0.5, steps=93_800 if k.endswith("-mnist") else 6400) for k in stored}
+    monkeypatch.setattr(scales, "spectra", lambda scale, seeds=None: {0: got[scale.key]} if scale.key in got else {})
+    found = scales.paper_budget_spectrum()
+    assert (found and found[0].key) == first
+    if first:
+        assert found[1] is got[first] and found[0].dataset == "mnist"
+
+
 def test_a_verdict_whose_premise_fails_says_so():
     row = {"verdict": "disagree", "premise": {"holds": False, "text": "x"}}
     assert claims.verdict_text(row) == "does not agree (premise not met)"

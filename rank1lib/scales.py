@@ -71,6 +71,11 @@ def spectra(scale, seeds=None) -> dict:
     return out
 
 
+def stored_at(scale, fn, seed=0):
+    """The stored result of an analysis experiment (analysis.spectrum, analysis.tweedie_mse) at one scale, or None."""
+    return stored_only(fn, scale.cfg(), arch=scale.arch, seed=seed)
+
+
 def paper_budget_spectrum():
     """(Scale, seed-0 spectrum) of the first full-MNIST scale in SCALES order that has one stored (the network
     that heads the ledger at the paper's budget), or None while neither is stored."""

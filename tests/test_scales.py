@@ -109,3 +109,12 @@ def test_every_rule_change_keeps_both_rules_and_both_verdicts():
     for c in claims.RULE_CHANGES:
         assert c["claim"] in claims.BY_ID and c["date"] and c["old"] != c["new"]
         assert {c["old_verdict"], c["new_verdict"]} <= set(claims.VERDICT_STYLE)
+
+
+def test_stored_at_reads_the_committed_result_of_that_network_and_dataset_only():
+    """The committed cpu tier holds Tweedie for base-resnet on mnist-5k; nothing of Small-1 on Fashion-MNIST."""
+    from rank1lib import analysis
+    rec = scales.stored_at(scales.BY_KEY["base-resnet-mnist-5k"], analysis.tweedie_mse)
+    assert rec["config"]["arch"] == "base-resnet" and rec["config"]["dataset"] == "mnist-5k"
+    assert rec["name"] == "mnist-5k-base-resnet-s0"
+    assert scales.stored_at(scales.Scale("x", "Small-1 UNet", "cpu", "fmnist", "small1"), analysis.tweedie_mse) is None

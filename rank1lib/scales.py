@@ -62,13 +62,8 @@ def stored_only(fn, *args, **kw):
 def spectra(scale, seeds=None) -> dict:
     """{seed: stored spectrum record} of a scale (never computed here)."""
     from .analysis import spectrum
-    cfg = scale.cfg()
-    out = {}
-    for s in seeds if seeds is not None else scale.seeds:
-        rec = stored_only(spectrum, cfg, arch=scale.arch, seed=s)
-        if rec is not None:
-            out[s] = rec
-    return out
+    found = {s: stored_at(scale, spectrum, s) for s in (seeds if seeds is not None else scale.seeds)}
+    return {s: r for s, r in found.items() if r is not None}
 
 
 def stored_at(scale, fn, seed=0):

@@ -55,3 +55,18 @@ def test_every_lambda_scores_task1_against_the_same_stored_joint_model(tmp_store
     monkeypatch.setattr(continual, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
     assert lt._joint_fid1(Config(cfg, lam=cfg.lam / 10), "mnist-5k", 0, False) == first
     assert calls == []
+
+
+def test_rank1_gd_at_lambda_zero_is_gd_and_at_the_profile_lambda_is_not(tmp_store, monkeypatch):
+    """The two-task comparison of GD and Rank-1 + GD changes only the penalty: at lambda = 0 the rank-1
+    statistics, replay pool and training draws leave task 2 exactly as GD trains it, and at the profile's
+    lambda the penalty moves it."""
+    from rank1lib.profiles import Config
+    monkeypatch.setattr(lt, "_joint_fid1", lambda cfg, ds, seed, progress: 1e9)
+    cfg = load_profile("ci")
+    gd = lt.learned_task1(cfg, "mnist-5k", 0, "gd", progress=False).values
+    zero = lt.learned_task1(Config(cfg, lam=0.0), "mnist-5k", 0, "rank1-gd", progress=False).values
+    full = lt.learned_task1(cfg, "mnist-5k", 0, "rank1-gd", progress=False).values
+    for k in ("fid_task1_after", "fid_task2"):
+        np.testing.assert_allclose(zero[k], gd[k], rtol=1e-6)
+        assert not np.allclose(full[k], gd[k], rtol=1e-6), k
